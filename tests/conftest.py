@@ -1,0 +1,91 @@
+"""Shared fixtures: one parametrized app factory over Memory, SQLite and Redis.
+
+``make_huey(**options)`` builds a fresh :class:`VersionedHuey` on the current
+backend. Every call within one test shares the same queue (same storage, same
+name), so a test can play "old code" and "new code" against one queue:
+
+    old = make_huey()
+    new = make_huey()
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from huey.storage import MemoryStorage
+
+from versioned_tasks import VersionedHuey, VersionedRedisHuey, VersionedSqliteHuey
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+BACKENDS = ("memory", "sqlite", "redis")
+
+MakeHuey = Callable[..., VersionedHuey]
+
+
+def redis_available() -> bool:
+    try:
+        import redis
+
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except Exception:
+        return False
+    return True
+
+
+def require_redis() -> None:
+    """Skip without Redis locally; fail under CI, where Redis must be running."""
+    if redis_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"Redis is not reachable at {REDIS_URL} and CI is set.")
+    pytest.skip(f"Redis is not reachable at {REDIS_URL}")
+
+
+def _flush_redis_name(name: str) -> None:
+    import redis
+
+    conn = redis.Redis.from_url(REDIS_URL)
+    for key in conn.scan_iter(match=f"*{name}*"):
+        conn.delete(key)
+
+
+@pytest.fixture
+def queue_name() -> str:
+    """A queue name unique to this test (Redis keys derive from it)."""
+    return f"vt_test_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the storage backend under test."""
+    if request.param == "redis":
+        require_redis()
+    return str(request.param)
+
+
+@pytest.fixture
+def make_huey(backend: str, queue_name: str, tmp_path: Path) -> Iterator[MakeHuey]:
+    """A factory of VersionedHuey apps that all share one queue on ``backend``."""
+    shared_memory: list[MemoryStorage] = []
+
+    def factory(**options: Any) -> VersionedHuey:
+        if backend == "memory":
+            huey = VersionedHuey(queue_name, storage_class=MemoryStorage, **options)
+            if not options.get("immediate"):
+                if shared_memory:
+                    huey.storage = shared_memory[0]
+                else:
+                    shared_memory.append(huey.storage)
+            return huey
+        if backend == "sqlite":
+            return VersionedSqliteHuey(queue_name, filename=str(tmp_path / "queue.db"), **options)
+        return VersionedRedisHuey(queue_name, url=REDIS_URL, blocking=False, **options)
+
+    yield factory
+    if backend == "redis":
+        _flush_redis_name(queue_name)

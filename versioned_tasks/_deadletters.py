@@ -1,0 +1,407 @@
+"""The dead-letter store: exact bytes of every message that could not run.
+
+It lives in the same backend as the queue (a table in the SQLite database, Redis
+keys under the queue's name, a dict on a MemoryStorage) and never in Huey's
+result store, whose ``flush_results()`` would wipe it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import orjson
+from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
+
+from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
+
+__all__ = ["DeadLetter", "DeadLetterStore", "backend_for"]
+
+_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One message that could not run.
+
+    Attributes:
+        id: the entry's id in the store (not the Huey task id).
+        reason: ``undecodable``, ``bad_signature``, ``unknown_task``,
+            ``upcast_failed``, ``invalid_payload``, ``newer_version`` or ``retired``.
+        task: the task name on the wire, or None where unknown.
+        version: the schema version on the wire, or None where unknown.
+        raw: the exact bytes that were dequeued.
+        error: what went wrong, as text.
+        created_at: when the entry was written (timezone-aware UTC).
+    """
+
+    id: str
+    reason: str
+    task: str | None
+    version: int | None
+    raw: bytes
+    error: str
+    created_at: datetime.datetime
+
+    def __repr__(self) -> str:
+        version = f" v{self.version}" if self.version is not None else ""
+        return (
+            f"<DeadLetter id={self.id} reason={self.reason} "
+            f"task={self.task or '?'}{version}>"
+        )
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "reason": self.reason,
+            "task": self.task,
+            "version": self.version,
+            "error": self.error,
+            "created_at": self.created_at.timestamp(),
+        }
+
+
+def _from_meta(meta: dict[str, Any], raw: bytes) -> DeadLetter:
+    return DeadLetter(
+        id=meta["id"],
+        reason=meta["reason"],
+        task=meta["task"],
+        version=meta["version"],
+        raw=bytes(raw),
+        error=meta["error"],
+        created_at=_utc(meta["created_at"]),
+    )
+
+
+def _utc(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+
+
+class _Backend(Protocol):
+    def add(self, entry: DeadLetter) -> None: ...
+    def get(self, id: str) -> DeadLetter | None: ...
+    def update(self, id: str, reason: str, error: str) -> bool: ...
+    def delete(self, id: str) -> bool: ...
+    def purge(self) -> int: ...
+    def count(self) -> int: ...
+    def page(self, offset: int, limit: int) -> list[DeadLetter]: ...
+
+
+class DeadLetterStore:
+    """The dead-letter store of one app: ``huey.dead_letters``.
+
+    ``len()`` counts the entries, iteration yields them newest first. Every
+    instance on the same storage and name shares the same entries.
+    """
+
+    def __init__(self, backend: _Backend, replay: Callable[[bytes], Any]) -> None:
+        self._backend = backend
+        self._replay = replay
+
+    def __repr__(self) -> str:
+        return f"<DeadLetterStore {type(self._backend).__name__} entries={len(self)}>"
+
+    def __len__(self) -> int:
+        return self._backend.count()
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        offset = 0
+        while True:
+            page = self._backend.page(offset, _PAGE)
+            yield from page
+            if len(page) < _PAGE:
+                return
+            offset += _PAGE
+
+    def list(self, limit: int | None = None) -> list[DeadLetter]:
+        """The newest ``limit`` entries (all of them when ``limit`` is None)."""
+        if limit is None:
+            return [*self]
+        return self._backend.page(0, limit)
+
+    def add(
+        self,
+        *,
+        reason: str,
+        raw: bytes,
+        error: str,
+        task: str | None = None,
+        version: int | None = None,
+    ) -> DeadLetter:
+        """Store a message that cannot run; returns the new entry."""
+        entry = DeadLetter(
+            id=uuid.uuid4().hex,
+            reason=reason,
+            task=task,
+            version=version,
+            raw=bytes(raw),
+            error=error,
+            created_at=datetime.datetime.now(datetime.UTC),
+        )
+        self._backend.add(entry)
+        return entry
+
+    def get(self, id: str) -> DeadLetter:
+        """The entry with this id.
+
+        Raises:
+            DeadLetterNotFound: there is none.
+        """
+        entry = self._backend.get(id)
+        if entry is None:
+            raise DeadLetterNotFound(id)
+        return entry
+
+    def replay(self, id: str) -> Any:
+        """Run an entry through today's pipeline and enqueue it.
+
+        Returns Huey's ``Result`` for the task (None when results are off). The
+        entry is removed only after the enqueue succeeded.
+
+        Raises:
+            DeadLetterNotFound: there is no such entry.
+            ReplayFailed: it still cannot run; the entry keeps its id and gets
+                the new reason.
+        """
+        entry = self.get(id)
+        try:
+            result = self._replay(entry.raw)
+        except MessageRejected as exc:
+            self._backend.update(id, exc.reason, exc.error)
+            raise ReplayFailed(
+                id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
+            ) from None
+        self._backend.delete(id)
+        return result
+
+    def delete(self, id: str) -> bool:
+        """Remove an entry; returns whether it existed."""
+        return self._backend.delete(id)
+
+    def purge(self) -> int:
+        """Remove every entry; returns how many there were."""
+        return self._backend.purge()
+
+
+# -- backends -----------------------------------------------------------------
+
+
+class MemoryBackend:
+    """Entries in a dict hung on the MemoryStorage itself."""
+
+    def __init__(self, storage: MemoryStorage) -> None:
+        self._lock: threading.Lock = getattr(storage, "_vt_dead_lock", None) or threading.Lock()
+        entries: dict[str, DeadLetter] | None = getattr(storage, "_vt_dead_letters", None)
+        if entries is None:
+            entries = {}
+            storage._vt_dead_letters = entries
+            storage._vt_dead_lock = self._lock
+        self._entries = entries
+
+    def add(self, entry: DeadLetter) -> None:
+        with self._lock:
+            self._entries[entry.id] = entry
+
+    def get(self, id: str) -> DeadLetter | None:
+        return self._entries.get(id)
+
+    def update(self, id: str, reason: str, error: str) -> bool:
+        with self._lock:
+            entry = self._entries.get(id)
+            if entry is None:
+                return False
+            self._entries[id] = replace(entry, reason=reason, error=error)
+            return True
+
+    def delete(self, id: str) -> bool:
+        with self._lock:
+            return self._entries.pop(id, None) is not None
+
+    def purge(self) -> int:
+        with self._lock:
+            count = len(self._entries)
+            self._entries.clear()
+            return count
+
+    def count(self) -> int:
+        return len(self._entries)
+
+    def page(self, offset: int, limit: int) -> list[DeadLetter]:
+        with self._lock:
+            newest_first = list(reversed(self._entries.values()))
+        return newest_first[offset : offset + limit]
+
+
+class SqliteBackend:
+    """A ``vt_dead_letters`` table in the queue's own SQLite database."""
+
+    _DDL = (
+        "create table if not exists vt_dead_letters ("
+        "seq integer primary key autoincrement, id text not null unique, "
+        "queue text not null, reason text not null, task text, version integer, "
+        "raw blob not null, error text not null, created_at real not null)",
+        "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
+    )
+    _COLUMNS = "id, reason, task, version, raw, error, created_at"
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        self._storage = storage
+        self._queue = storage.name
+        self._ready = False
+
+    def _sql(self, query: str, params: tuple[Any, ...] = (), *, commit: bool = False) -> Any:
+        if not self._ready:
+            with self._storage.db(commit=True) as cursor:
+                for ddl in self._DDL:
+                    cursor.execute(ddl)
+            self._ready = True
+        with self._storage.db(commit=commit) as cursor:
+            cursor.execute(query, params)
+            return cursor.fetchall() if not commit else cursor.rowcount
+
+    @staticmethod
+    def _row(row: tuple[Any, ...]) -> DeadLetter:
+        id, reason, task, version, raw, error, created = row
+        return DeadLetter(id, reason, task, version, bytes(raw), error, _utc(created))
+
+    def add(self, entry: DeadLetter) -> None:
+        self._sql(
+            "insert into vt_dead_letters (id, queue, reason, task, version, raw, error, "
+            "created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                entry.id,
+                self._queue,
+                entry.reason,
+                entry.task,
+                entry.version,
+                entry.raw,
+                entry.error,
+                entry.created_at.timestamp(),
+            ),
+            commit=True,
+        )
+
+    def get(self, id: str) -> DeadLetter | None:
+        rows = self._sql(
+            f"select {self._COLUMNS} from vt_dead_letters where queue = ? and id = ?",
+            (self._queue, id),
+        )
+        return self._row(rows[0]) if rows else None
+
+    def update(self, id: str, reason: str, error: str) -> bool:
+        count = self._sql(
+            "update vt_dead_letters set reason = ?, error = ? where queue = ? and id = ?",
+            (reason, error, self._queue, id),
+            commit=True,
+        )
+        return bool(count)
+
+    def delete(self, id: str) -> bool:
+        count = self._sql(
+            "delete from vt_dead_letters where queue = ? and id = ?",
+            (self._queue, id),
+            commit=True,
+        )
+        return bool(count)
+
+    def purge(self) -> int:
+        return int(
+            self._sql("delete from vt_dead_letters where queue = ?", (self._queue,), commit=True)
+        )
+
+    def count(self) -> int:
+        rows = self._sql("select count(*) from vt_dead_letters where queue = ?", (self._queue,))
+        return int(rows[0][0])
+
+    def page(self, offset: int, limit: int) -> list[DeadLetter]:
+        rows = self._sql(
+            f"select {self._COLUMNS} from vt_dead_letters where queue = ? "
+            "order by seq desc limit ? offset ?",
+            (self._queue, limit, offset),
+        )
+        return [self._row(row) for row in rows]
+
+
+class RedisBackend:
+    """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._conn = storage.conn
+        base = f"huey.deadletters.{storage.name}"
+        self._entries = base
+        self._index = f"{base}.index"
+        self._seq = f"{base}.seq"
+
+    @staticmethod
+    def _pack(entry: DeadLetter) -> bytes:
+        return orjson.dumps(entry._meta()) + b"\n" + entry.raw
+
+    @staticmethod
+    def _unpack(data: bytes) -> DeadLetter:
+        meta, _, raw = bytes(data).partition(b"\n")
+        return _from_meta(orjson.loads(meta), raw)
+
+    def add(self, entry: DeadLetter) -> None:
+        seq = self._conn.incr(self._seq)
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.hset(self._entries, entry.id, self._pack(entry))
+        pipe.zadd(self._index, {entry.id: seq})
+        pipe.execute()
+
+    def get(self, id: str) -> DeadLetter | None:
+        data = self._conn.hget(self._entries, id)
+        return self._unpack(data) if data is not None else None
+
+    def update(self, id: str, reason: str, error: str) -> bool:
+        entry = self.get(id)
+        if entry is None:
+            return False
+        self._conn.hset(self._entries, id, self._pack(replace(entry, reason=reason, error=error)))
+        return True
+
+    def delete(self, id: str) -> bool:
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.hdel(self._entries, id)
+        pipe.zrem(self._index, id)
+        removed, _ = pipe.execute()
+        return bool(removed)
+
+    def purge(self) -> int:
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.hlen(self._entries)
+        pipe.delete(self._entries, self._index)
+        count, _ = pipe.execute()
+        return int(count)
+
+    def count(self) -> int:
+        return int(self._conn.hlen(self._entries))
+
+    def page(self, offset: int, limit: int) -> list[DeadLetter]:
+        ids = self._conn.zrevrange(self._index, offset, offset + limit - 1)
+        if not ids:
+            return []
+        rows = self._conn.hmget(self._entries, ids)
+        return [self._unpack(row) for row in rows if row is not None]
+
+
+def backend_for(storage: Any) -> _Backend:
+    """The dead-letter backend that lives beside ``storage``.
+
+    Raises:
+        ConfigurationError: the storage has no dead-letter backend.
+    """
+    if isinstance(storage, MemoryStorage):
+        return MemoryBackend(storage)
+    if isinstance(storage, SqliteStorage):
+        return SqliteBackend(storage)
+    if isinstance(storage, RedisStorage):
+        return RedisBackend(storage)
+    raise ConfigurationError(
+        f"{type(storage).__name__} has no dead-letter store yet; use MemoryStorage, "
+        f"SqliteStorage or a Redis storage (RedisStorage, PriorityRedisStorage and the "
+        f"expiring variants)."
+    )

@@ -1,0 +1,589 @@
+"""``VersionedHuey``: a Huey whose messages are typed, versioned JSON envelopes.
+
+All Huey-specific glue lives here, through Huey's own seams: ``serialize_task``,
+``deserialize_task``, ``enqueue``, ``dequeue``, ``read_schedule``,
+``get_task_wrapper_class`` and ``storage_class``.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextvars
+import datetime
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar, overload
+
+from huey.api import Huey, Result, Task, TaskWrapper, chord, group
+from huey.signals import SIGNAL_ENQUEUED
+from huey.storage import (
+    MemoryStorage,
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+    SqliteStorage,
+)
+from pydantic import BaseModel
+
+from ._deadletters import DeadLetterStore, backend_for
+from ._pipeline import Newer, Reader, Ready, Rejected, Retired, RetiredMessage, Writer
+from ._schema import SchemaRegistry, TaskSpec, Upcaster, build_spec
+from ._serializer import VersionedSerializer
+from .exceptions import ConfigurationError, EncodeError, InvalidArguments, MessageRejected
+
+__all__ = [
+    "VersionedHuey",
+    "VersionedMemoryHuey",
+    "VersionedPriorityRedisExpireHuey",
+    "VersionedPriorityRedisHuey",
+    "VersionedRedisExpireHuey",
+    "VersionedRedisHuey",
+    "VersionedSqliteHuey",
+    "VersionedTaskWrapper",
+]
+
+logger = logging.getLogger("versioned_tasks")
+
+F = TypeVar("F", bound=Callable[..., Any])
+H = TypeVar("H", bound=Callable[[RetiredMessage], object])
+
+#: Ids of the callbacks and retries that the task running in this context may
+#: enqueue; an invalid one is dead-lettered instead of raising inside Huey.
+_RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "versioned_tasks_running", default=frozenset()
+)
+
+DEFAULT_NEWER_VERSION_DELAY = 30.0
+DEFAULT_NEWER_VERSION_MAX_AGE = 24 * 3600.0
+
+
+class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
+    """What ``@huey.versioned_task()`` returns: a Huey ``TaskWrapper`` with a schema.
+
+    Calls, ``.s()``, ``.schedule()``, ``.map()``, ``.revoke()`` and the rest
+    behave as on a plain Huey task; arguments are validated whenever a message
+    is written.
+    """
+
+    spec: TaskSpec
+
+    def __init__(self, huey: VersionedHuey, func: Callable[..., Any], *, spec: TaskSpec,
+                 **options: Any) -> None:
+        self.spec = spec
+        super().__init__(huey, func, _vt_spec=spec, **options)
+        spec.task_class = self.task_class
+
+    def __repr__(self) -> str:
+        return f"<VersionedTask {self.spec.name!r} v{self.spec.version}>"
+
+    @property
+    def version(self) -> int:
+        """The task's current schema version."""
+        return self.spec.version
+
+    @property
+    def logical_name(self) -> str:
+        """The stable logical name written on the wire."""
+        return self.spec.name
+
+    def call_local(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the function here, with arguments validated as the worker would."""
+        task_args, task_kwargs = self.spec.load_json(self.spec.dump(args, kwargs))
+        return self.func(*task_args, **task_kwargs)
+
+
+class _TombstoneDecorator:
+    """Returned by ``huey.tombstone(name)``: apply it to a function to handle retired messages."""
+
+    def __init__(self, registry: SchemaRegistry, name: str) -> None:
+        self._tomb = registry.add_tombstone(name)
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<tombstone {self._name!r}>"
+
+    def __call__(self, handler: H) -> H:
+        self._tomb.handler = handler
+        return handler
+
+
+class VersionedHuey(Huey):  # type: ignore[misc]
+    """A ``huey.Huey`` whose tasks are typed and versioned, and whose bad
+    messages land in a dead-letter store instead of being lost.
+
+    Args:
+        name: the queue name, as for Huey.
+        storage_class: Huey's storage class (Huey's own default when omitted).
+        serializer: a :class:`VersionedSerializer` (the default); pickle is refused.
+        newer_version_delay: seconds before a message newer than this worker
+            knows is retried from the schedule.
+        newer_version_max_age: seconds after its enqueue time at which such a
+            message is dead-lettered as ``newer_version`` instead.
+        app_build: an optional build id written into every envelope's header.
+        **huey_kwargs: every other Huey option (``results``, ``utc``,
+            ``immediate``, storage options such as ``filename`` or ``url``, ...).
+
+    Constructing one touches no storage beyond what Huey's storage itself does;
+    the dead-letter store opens on first use.
+    """
+
+    def __init__(
+        self,
+        name: str = "huey",
+        *,
+        storage_class: type[Any] | None = None,
+        serializer: VersionedSerializer | None = None,
+        newer_version_delay: float = DEFAULT_NEWER_VERSION_DELAY,
+        newer_version_max_age: float = DEFAULT_NEWER_VERSION_MAX_AGE,
+        app_build: str | None = None,
+        **huey_kwargs: Any,
+    ) -> None:
+        serializer = _check_serializer(serializer, huey_kwargs)
+        if newer_version_delay <= 0 or newer_version_max_age < 0:
+            raise ConfigurationError(
+                "newer_version_delay must be positive and newer_version_max_age "
+                "must not be negative."
+            )
+        self.schema = SchemaRegistry()
+        self.newer_version_delay = float(newer_version_delay)
+        self.newer_version_max_age = float(newer_version_max_age)
+        self._dead_letters: DeadLetterStore | None = None
+        self._dead_letters_storage: Any = None
+        super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
+        self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
+        self._writer = Writer(self.schema, serializer.pack, app_build)
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.name!r} storage={type(self.storage).__name__} "
+            f"versioned_tasks={len(self.schema.specs)}>"
+        )
+
+    # -- declarations --------------------------------------------------------
+
+    def versioned_task(
+        self,
+        version: int,
+        *,
+        name: str | None = None,
+        args_model: type[BaseModel] | None = None,
+        **huey_task_options: Any,
+    ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper]:
+        """Declare a task with a typed argument model and a schema version.
+
+        Args:
+            version: the current schema version of the task's arguments (>= 1).
+            name: the stable logical name on the wire (default ``module.function``).
+            args_model: a pydantic model for the arguments; the function then
+                receives one instance of it.
+            **huey_task_options: Huey's task options (``retries``,
+                ``retry_delay``, ``priority``, ``expires``, ``context``, ...).
+
+        Raises:
+            SchemaError: a reserved or unnamed parameter, a bad default, a
+                duplicate name or version.
+        """
+
+        def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper:
+            func = func.func if isinstance(func, TaskWrapper) else func
+            logical = name or f"{func.__module__}.{func.__name__}"
+            spec = build_spec(
+                func,
+                name=logical,
+                version=version,
+                args_model=args_model,
+                context=bool(huey_task_options.get("context", False)),
+            )
+            self.schema.add_task(spec)
+            try:
+                return self._versioned_wrapper(func, spec, name, huey_task_options)
+            except Exception:
+                del self.schema.specs[logical]
+                raise
+
+        return decorator
+
+    def _versioned_wrapper(
+        self,
+        func: Callable[..., Any],
+        spec: TaskSpec,
+        name: str | None,
+        options: dict[str, Any],
+    ) -> VersionedTaskWrapper:
+        context = options.pop("context", False)
+        defaults = {
+            f"default_{key}": options.pop(key)
+            for key in ("retries", "retry_delay", "retry_backoff", "priority", "expires",
+                        "timeout")
+            if key in options
+        }
+        return VersionedTaskWrapper(
+            self, func, spec=spec, context=context, name=name, **defaults, **options
+        )
+
+    def upcaster(self, task: str, /, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
+        """Register a pure ``dict -> dict`` step from ``from_version`` to the next.
+
+        A task's steps must form a contiguous range ending at its current
+        version - 1; the chain is checked as a whole at start-up.
+        """
+
+        def decorator(func: Upcaster) -> Upcaster:
+            self.schema.add_upcaster(task, from_version, func)
+            return func
+
+        return decorator
+
+    def rename(self, old: str, new: str, /) -> None:
+        """Run messages written under the logical name ``old`` as the task ``new``."""
+        self.schema.add_rename(old, new)
+
+    @overload
+    def tombstone(self, task: str, /) -> _TombstoneDecorator: ...
+    @overload
+    def tombstone(self, task: str, /, handler: H) -> H: ...
+    def tombstone(self, task: str, /, handler: Any = None) -> Any:
+        """Retire a task: its messages never run.
+
+        As a decorator, the handler runs once per message of the retired task
+        (in the worker, before any task code) with a :class:`RetiredMessage`.
+        As a plain call with no handler, its messages go to the dead-letter
+        store with reason ``retired``.
+        """
+        decorator = _TombstoneDecorator(self.schema, task)
+        if handler is not None:
+            return decorator(handler)
+        return decorator
+
+    def check_schemas(self) -> None:
+        """Check every task, upcaster chain, rename and tombstone together.
+
+        Raises:
+            SchemaError: naming each problem, the task, the versions and the fix.
+        """
+        plain = (
+            key
+            for key, task_class in self._registry._registry.items()
+            if getattr(task_class, "_vt_spec", None) is None
+        )
+        self.schema.check(plain)
+
+    def _ensure_checked(self) -> None:
+        if self.schema.dirty:
+            self.check_schemas()
+
+    def create_consumer(self, **options: Any) -> Any:
+        """Huey's consumer, after checking the schemas and the dead-letter store."""
+        self.check_schemas()
+        self.dead_letters  # noqa: B018 - fails early for a storage without a store
+        return super().create_consumer(**options)
+
+    # -- dead letters ----------------------------------------------------------
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        """The dead-letter store beside this app's storage (opened on first use)."""
+        if self._dead_letters is None or self._dead_letters_storage is not self.storage:
+            self._dead_letters = DeadLetterStore(backend_for(self.storage), self._replay)
+            self._dead_letters_storage = self.storage
+        return self._dead_letters
+
+    def _replay(self, raw: bytes) -> Any:
+        outcome = self._reader.read(raw)
+        if isinstance(outcome, Ready):
+            return self.enqueue(outcome.task)
+        if isinstance(outcome, Retired) and self.schema.tombstones[outcome.tombstone].handler:
+            self.storage.enqueue(raw, outcome.priority)
+            return Result(self, Task(id=outcome.message.id)) if self.results else None
+        raise _rejection(outcome)
+
+    def _dead_letter(self, raw: bytes, reason: str, task: str | None, version: int | None,
+                     error: str) -> None:
+        try:
+            entry = self.dead_letters.add(
+                reason=reason, raw=raw, task=task, version=version, error=error
+            )
+        except Exception:
+            self._rescue(raw)
+            raise
+        logger.warning(
+            "Dead-lettered %s (task %r, version %s): %s [entry %s]",
+            reason, task, version, error, entry.id,
+        )
+
+    def _rescue(self, raw: bytes) -> None:
+        # The dead-letter write failed: put the bytes back on the queue, and if
+        # even that fails, log them so they can be recovered by hand.
+        try:
+            self.storage.enqueue(raw)
+        except Exception:
+            logger.critical(
+                "Could not dead-letter or requeue a message; its bytes (base64): %s",
+                base64.b64encode(raw).decode("ascii"),
+            )
+
+    # -- writing ---------------------------------------------------------------
+
+    def serialize_task(self, task: Task) -> bytes:
+        """Validate a task's arguments and write its envelope."""
+        return self._writer.encode(task)
+
+    def enqueue(self, task: Any) -> Any:
+        """Huey's enqueue, validating (serializing) before ``SIGNAL_ENQUEUED`` fires.
+
+        In immediate mode the message still makes the full envelope round trip.
+        """
+        if isinstance(task, group | chord):
+            return super().enqueue(task)
+        if task.expires:
+            task.resolve_expires(self.utc)
+        data = self._encode_or_dead_letter(task)
+        if data is None:
+            return None
+        self._emit(SIGNAL_ENQUEUED, task)
+        if self._immediate:
+            self.execute(self.deserialize_task(data))
+        else:
+            self.storage.enqueue(data, task.priority)
+        if not self.results:
+            return None
+        results = self._pipeline_results(task)
+        return results[0] if len(results) == 1 else _result_group(results)
+
+    def _encode_or_dead_letter(self, task: Task) -> bytes | None:
+        try:
+            return self.serialize_task(task)
+        except (InvalidArguments, EncodeError) as exc:
+            if task.id not in _RUNNING.get():
+                raise
+            # A callback or retry enqueued by Huey inside the worker: raising
+            # here would lose it, so keep its arguments as they are.
+            raw = self._writer.encode(task, validate=False)
+            reason = "upcast_failed" if _is_upcast_error(exc) else "invalid_payload"
+            spec = getattr(type(task), "_vt_spec", None)
+            self._dead_letter(
+                raw,
+                reason,
+                spec.name if spec else type(task).__name__,
+                getattr(task, "_vt_version", spec.version if spec else None),
+                str(exc),
+            )
+            return None
+
+    def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
+        """Huey's execute, remembering which callbacks this task may enqueue."""
+        token = _RUNNING.set(_RUNNING.get() | _callback_ids(task))
+        try:
+            return super().execute(task, timestamp)
+        finally:
+            _RUNNING.reset(token)
+
+    # -- reading ---------------------------------------------------------------
+
+    def deserialize_task(self, data: bytes) -> Task:
+        """Run the read pipeline on stored bytes, with no side effects.
+
+        Raises:
+            MessageRejected: the message cannot run (with the reason).
+        """
+        outcome = self._reader.read(data)
+        if isinstance(outcome, Ready):
+            return outcome.task
+        raise _rejection(outcome)
+
+    def dequeue(self) -> Task | None:
+        """Pop the next runnable task; bad messages are dead-lettered on the way.
+
+        Never raises for a bad message, and moves straight on to the next one.
+        """
+        self._ensure_checked()
+        while True:
+            raw = self.storage.dequeue()
+            if raw is None:
+                return None
+            task = self._accept(raw, from_schedule=False)
+            if task is not None:
+                return task
+
+    def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
+        """Pop the due tasks; bad ones are dead-lettered (the storage already removed them)."""
+        self._ensure_checked()
+        if timestamp is None:
+            timestamp = self._get_timestamp()
+        tasks = []
+        for raw in self.storage.read_schedule(timestamp):
+            task = self._accept(raw, from_schedule=True)
+            if task is not None:
+                tasks.append(task)
+        return tasks
+
+    def _deserialize_all(self, messages: Iterable[bytes]) -> list[Task]:
+        # pending() and scheduled(): read-only listings skip what cannot run.
+        tasks = []
+        for raw in messages:
+            outcome = self._reader.read(raw)
+            if isinstance(outcome, Ready):
+                tasks.append(outcome.task)
+        return tasks
+
+    def _accept(self, raw: bytes, *, from_schedule: bool) -> Task | None:
+        outcome = self._reader.read(raw)
+        if isinstance(outcome, Ready):
+            return outcome.task
+        if isinstance(outcome, Newer):
+            self._defer(raw, outcome)
+        elif isinstance(outcome, Retired):
+            self._retire(raw, outcome, from_schedule)
+        else:
+            self._dead_letter(raw, outcome.reason, outcome.task, outcome.version, outcome.error)
+        return None
+
+    def _defer(self, raw: bytes, newer: Newer) -> None:
+        age = time.time() - newer.enqueued_at if newer.enqueued_at is not None else None
+        if age is None or age > self.newer_version_max_age:
+            self._dead_letter(
+                raw,
+                "newer_version",
+                newer.task,
+                newer.version,
+                f"Task {newer.task!r} version {newer.version} is newer than this worker "
+                f"knows (version {newer.known_version}) and was deferred until it was "
+                f"{self.newer_version_max_age:.0f}s old; deploy the newer code and replay.",
+            )
+            return
+        eta = self._get_timestamp() + datetime.timedelta(seconds=self.newer_version_delay)
+        self.storage.add_to_schedule(raw, eta)
+        logger.info(
+            "Deferred task %r version %s (this worker knows version %s) until %s.",
+            newer.task, newer.version, newer.known_version, eta,
+        )
+
+    def _retire(self, raw: bytes, retired: Retired, from_schedule: bool) -> None:
+        tomb = self.schema.tombstones[retired.tombstone]
+        message = retired.message
+        if tomb.handler is None:
+            self._dead_letter(
+                raw, "retired", message.task, message.version,
+                f"Task {message.task!r} is retired (tombstoned) and has no handler.",
+            )
+            return
+        if from_schedule:
+            # The worker, not the scheduler, runs tombstone handlers.
+            self.storage.enqueue(raw, retired.priority)
+            return
+        try:
+            tomb.handler(message)
+        except Exception as exc:
+            logger.exception("Tombstone handler for %r failed.", retired.tombstone)
+            self._dead_letter(
+                raw, "retired", message.task, message.version,
+                f"Tombstone handler for {retired.tombstone!r} raised "
+                f"{type(exc).__name__}: {exc}",
+            )
+
+    def _plain_task(self, name: str) -> type[Task] | None:
+        task_class = self._registry._registry.get(name)
+        if task_class is None or getattr(task_class, "_vt_spec", None) is not None:
+            return None
+        return task_class  # type: ignore[no-any-return]
+
+
+def _check_serializer(
+    serializer: VersionedSerializer | None, huey_kwargs: dict[str, Any]
+) -> VersionedSerializer:
+    if serializer is None:
+        serializer = VersionedSerializer()
+    elif not isinstance(serializer, VersionedSerializer):
+        raise ConfigurationError(
+            f"VersionedHuey needs a VersionedSerializer, got {type(serializer).__name__}; "
+            f"drop serializer= (pickle is never read from the queue)."
+        )
+    for option in ("compression", "use_zlib"):
+        if huey_kwargs.pop(option, False):
+            raise ConfigurationError(
+                f"{option}= is not supported by VersionedHuey: envelopes are JSON and "
+                f"Huey would silently ignore it; remove the option."
+            )
+    return serializer
+
+
+def _rejection(outcome: Any) -> MessageRejected:
+    if isinstance(outcome, Rejected):
+        return MessageRejected(
+            reason=outcome.reason, task=outcome.task, version=outcome.version,
+            error=outcome.error,
+        )
+    if isinstance(outcome, Newer):
+        return MessageRejected(
+            reason="newer_version", task=outcome.task, version=outcome.version,
+            error=f"this code knows version {outcome.known_version} of {outcome.task!r}; "
+            f"deploy the newer code first.",
+        )
+    message = outcome.message
+    return MessageRejected(
+        reason="retired", task=message.task, version=message.version,
+        error=f"Task {message.task!r} is retired (tombstoned) and has no handler.",
+    )
+
+
+def _callback_ids(task: Task) -> frozenset[str]:
+    ids = {task.id}
+    step: Task | None = task
+    while step is not None:
+        if step.on_error is not None:
+            ids.add(step.on_error.id)
+        if step.chord_config is not None:
+            ids.add(step.chord_config.callback.id)
+        step = step.on_complete
+        if step is not None:
+            ids.add(step.id)
+    return frozenset(ids)
+
+
+def _is_upcast_error(exc: Exception) -> bool:
+    errors = getattr(exc, "errors", None) or []
+    return any(e.get("type") == "upcast_failed" for e in errors)
+
+
+def _result_group(results: list[Result]) -> Any:
+    from huey.api import ResultGroup
+
+    return ResultGroup(results)
+
+
+class VersionedMemoryHuey(VersionedHuey):
+    """A VersionedHuey on Huey's in-process MemoryStorage."""
+
+    storage_class = MemoryStorage
+
+
+class VersionedSqliteHuey(VersionedHuey):
+    """A VersionedHuey on Huey's SqliteStorage (``filename=``)."""
+
+    storage_class = SqliteStorage
+
+
+class VersionedRedisHuey(VersionedHuey):
+    """A VersionedHuey on Huey's RedisStorage (``url=`` or connection options)."""
+
+    storage_class = RedisStorage
+
+
+class VersionedRedisExpireHuey(VersionedHuey):
+    """A VersionedHuey on Huey's RedisExpireStorage (results expire)."""
+
+    storage_class = RedisExpireStorage
+
+
+class VersionedPriorityRedisHuey(VersionedHuey):
+    """A VersionedHuey on Huey's PriorityRedisStorage (task priorities)."""
+
+    storage_class = PriorityRedisStorage
+
+
+class VersionedPriorityRedisExpireHuey(VersionedHuey):
+    """A VersionedHuey on Huey's PriorityRedisExpireStorage."""
+
+    storage_class = PriorityRedisExpireStorage

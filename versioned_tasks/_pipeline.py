@@ -1,0 +1,708 @@
+"""Bytes to Huey tasks and back: the read pipeline and the message writer.
+
+The read pipeline, one small stage each; the stage that fails names the reason::
+
+    bytes -> envelope?            (else ``undecodable``)
+          -> signature ok?        (else ``bad_signature``; done by the serializer)
+          -> rename -> tombstone? -> known task? (else ``unknown_task``)
+          -> older: upcast chain  (``upcast_failed``)
+             newer: deferred      (``newer_version`` once too old)
+          -> validate             (``invalid_payload``)
+          -> Huey Task
+
+The same :class:`Reader` serves the worker, the scheduler, the listings,
+replay and the CLI. It has no side effects: what to do with a rejected,
+newer or retired message is up to the caller.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+import orjson
+from huey.api import Task
+from huey.registry import Message
+from huey.utils import ChordConfig
+from pydantic import ValidationError
+
+from . import _codec, _envelope
+from ._schema import SchemaRegistry, TaskSpec, bind_positional
+from ._version import __version__
+from .exceptions import DecodeError, InvalidArguments
+
+__all__ = [
+    "REASONS",
+    "Newer",
+    "Ready",
+    "Reader",
+    "Rejected",
+    "Retired",
+    "RetiredMessage",
+    "Writer",
+]
+
+#: Every reason a message can be dead-lettered for.
+REASONS: Final = (
+    "undecodable",
+    "bad_signature",
+    "unknown_task",
+    "upcast_failed",
+    "invalid_payload",
+    "newer_version",
+    "retired",
+)
+
+PRODUCER: Final = f"versioned_tasks/{__version__}"
+_FORM_POSITIONAL: Final = "positional"
+_NUMBER: Final = (int, float)
+
+Unpack = Callable[[bytes], tuple[dict[str, Any], bytes]]
+Pack = Callable[[dict[str, Any], bytes], bytes]
+
+
+# -- outcomes -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """The message became a task that can run."""
+
+    task: Task
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """The message cannot run; it belongs in the dead-letter store."""
+
+    reason: str
+    task: str | None
+    version: int | None
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Newer:
+    """The message is newer than this worker knows (a rolling deploy)."""
+
+    task: str
+    version: int
+    known_version: int
+    enqueued_at: float | None
+    priority: Any
+
+
+@dataclass(frozen=True, slots=True)
+class RetiredMessage:
+    """A message of a tombstoned task, as handed to the tombstone's handler.
+
+    Attributes:
+        task: the task name on the wire (before any rename).
+        version: the schema version on the wire (None for an unversioned message).
+        payload: the arguments as they were on the wire, not upcast: the named
+            fields, or ``{"args": [...], "kwargs": {...}}`` for a positional message.
+        id: the Huey task id.
+    """
+
+    task: str
+    version: int | None
+    payload: Any
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retired:
+    """The message names a tombstoned task."""
+
+    message: RetiredMessage
+    tombstone: str
+    priority: Any
+
+
+Outcome = Ready | Rejected | Newer | Retired
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, error: str) -> None:
+        self.reason = reason
+        self.error = error
+
+
+class _Defer(Exception):
+    def __init__(self, task: str, version: int, known: int) -> None:
+        self.task = task
+        self.version = version
+        self.known = known
+
+
+# -- reading ------------------------------------------------------------------
+
+
+class Reader:
+    """Turns stored bytes into an :data:`Outcome`, never raising for bad bytes."""
+
+    def __init__(
+        self,
+        registry: SchemaRegistry,
+        unpack: Unpack,
+        plain_task: Callable[[str], type[Task] | None],
+    ) -> None:
+        self.registry = registry
+        self.unpack = unpack
+        self.plain_task = plain_task
+
+    def read(self, raw: bytes) -> Outcome:
+        """Run the whole pipeline on one stored message."""
+        try:
+            header, body = self.unpack(raw)
+        except DecodeError as exc:
+            return Rejected(_reason_of(exc), None, None, str(exc))
+        name, version = _identity(header)
+        if name is None:
+            return Rejected("undecodable", None, None, _identity_error(header))
+        try:
+            return self._read_task(name, version, header, body)
+        except _Reject as rej:
+            return Rejected(rej.reason, name, version, rej.error)
+        except _Defer as defer:
+            return Newer(
+                name,
+                defer.version,
+                defer.known,
+                _float_or_none(header.get("at")),
+                header.get("priority"),
+            )
+
+    def _read_task(
+        self, name: str, version: int | None, header: dict[str, Any], body: bytes
+    ) -> Outcome:
+        resolved = self.registry.resolve(name)
+        if resolved in self.registry.tombstones:
+            retired = RetiredMessage(name, version, _wire_payload(header, body), _id(header))
+            return Retired(retired, resolved, header.get("priority"))
+        spec = self.registry.specs.get(resolved)
+        if spec is not None:
+            args, kwargs = self._versioned_arguments(spec, name, version, header, body)
+            task_class = spec.task_class
+        else:
+            task_class = self._plain_class(resolved, name)
+            args, kwargs = _plain_arguments(header, body)
+        task = _build_task(task_class, args, kwargs, header, self._nested_tasks(header, "$"))
+        if spec is not None:
+            _mark(task, spec.version, spec.params, header)
+        return Ready(task)
+
+    def _plain_class(self, resolved: str, name: str) -> type[Task]:
+        task_class = self.plain_task(resolved)
+        if task_class is None:
+            renamed = f" (renamed to {resolved!r})" if resolved != name else ""
+            raise _Reject(
+                "unknown_task",
+                f"Task {name!r}{renamed} is not declared in this app; declare it, "
+                f"rename it to its new name with huey.rename(), or retire it with "
+                f"huey.tombstone(), then replay the dead letter.",
+            )
+        return task_class
+
+    def _versioned_arguments(
+        self,
+        spec: TaskSpec,
+        name: str,
+        version: int | None,
+        header: dict[str, Any],
+        body: bytes,
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        wire_version = 1 if version is None else version
+        if wire_version > spec.version:
+            raise _Defer(name, wire_version, spec.version)
+        positional = header.get("form") == _FORM_POSITIONAL or version is None
+        if not positional and wire_version == spec.version:
+            return _validate(spec, wire_version, lambda: spec.load_json(body))
+        payload = _named_payload(spec, wire_version, header, body, positional)
+        if wire_version < spec.version:
+            payload = upcast(self.registry, spec, wire_version, payload)
+        return _validate(spec, wire_version, lambda: spec.load_payload(payload))
+
+    def _nested_tasks(self, header: Mapping[str, Any], path: str) -> dict[str, Any]:
+        nested: dict[str, Any] = {}
+        for key in ("on_complete", "on_error"):
+            obj = header.get(key)
+            if obj is not None:
+                nested[key] = self._nested(obj, f"{path}.{key}")
+        chord = header.get("chord")
+        if chord is not None:
+            nested["chord_config"] = self._chord(chord, f"{path}.chord")
+        return nested
+
+    def _chord(self, chord: Any, path: str) -> ChordConfig:
+        if type(chord) is not dict:
+            raise _Reject("undecodable", f"{path} is not an object.")
+        cid, size, idx = chord.get("cid"), chord.get("size"), chord.get("idx")
+        if type(cid) is not str or type(size) is not int or type(idx) is not int:
+            raise _Reject("undecodable", f"{path} needs cid (string), size and idx (integers).")
+        return ChordConfig(cid, size, idx, self._nested(chord.get("callback"), f"{path}.callback"))
+
+    def _nested(self, obj: Any, path: str) -> Task:
+        if type(obj) is not dict:
+            raise _Reject("undecodable", f"Callback {path} is not an object.")
+        name, version = _identity(obj)
+        if name is None:
+            raise _Reject("undecodable", f"Callback {path}: {_identity_error(obj)}")
+        resolved = self.registry.resolve(name)
+        if resolved in self.registry.tombstones:
+            raise _Reject("retired", f"Callback {path} names the retired task {name!r}.")
+        spec = self.registry.specs.get(resolved)
+        if spec is not None and (version or 1) > spec.version:
+            raise _Defer(name, version or 1, spec.version)
+        task_class = spec.task_class if spec is not None else self._plain_class(resolved, name)
+        args, kwargs = _codec_arguments(obj, path)
+        task = _build_task(task_class, args, kwargs, obj, self._nested_tasks(obj, path))
+        if spec is not None:
+            params = obj.get("params")
+            _mark(task, version or 1, _params(params, spec), obj)
+        return task
+
+
+def upcast(
+    registry: SchemaRegistry, spec: TaskSpec, version: int, payload: Any
+) -> dict[str, Any]:
+    """Run the upcaster chain from ``version`` to the spec's current version."""
+    chain = registry.chain(spec.name, version, spec.version)
+    if chain is None:
+        steps = sorted(registry.upcasters.get(spec.name, {}))
+        have = f"upcasters start at version {steps[0]}" if steps else "it has no upcasters"
+        raise _Reject(
+            "upcast_failed",
+            f"Task {spec.name!r} has no upcaster chain from version {version} to "
+            f"{spec.version} ({have}); register "
+            f"@huey.upcaster({spec.name!r}, from_version={version}) and replay.",
+        )
+    for step_version, step in enumerate(chain, start=version):
+        try:
+            payload = step(payload)
+        except Exception as exc:
+            raise _Reject(
+                "upcast_failed",
+                f"Upcaster of {spec.name!r} from version {step_version} to "
+                f"{step_version + 1} raised {type(exc).__name__}: {exc}",
+            ) from None
+        if type(payload) is not dict:
+            raise _Reject(
+                "upcast_failed",
+                f"Upcaster of {spec.name!r} from version {step_version} to "
+                f"{step_version + 1} returned {type(payload).__name__}, not a dict.",
+            )
+    return payload
+
+
+def _validate(
+    spec: TaskSpec, version: int, load: Callable[[], tuple[tuple[Any, ...], dict[str, Any]]]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    try:
+        return load()
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        if errors and errors[0]["type"] == "json_invalid":
+            raise _Reject("undecodable", f"Envelope body is not valid JSON: {errors[0]['msg']}")
+        detail = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:5]
+        )
+        raise _Reject(
+            "invalid_payload",
+            f"Payload of {spec.name!r} (wire version {version}, current {spec.version}) "
+            f"does not fit today's model: {detail}. Fix the upcaster or the model and "
+            f"replay.",
+        ) from None
+    except (orjson.JSONEncodeError, TypeError, ValueError) as exc:
+        raise _Reject("invalid_payload", f"Payload of {spec.name!r}: {exc}") from None
+
+
+def _named_payload(
+    spec: TaskSpec, version: int, header: Mapping[str, Any], body: bytes, positional: bool
+) -> Any:
+    if not positional:
+        return _parse_body(body)
+    args, kwargs = _plain_arguments(header, body)
+    params = _params(header.get("params"), spec if version == spec.version else None)
+    if spec.model is not None and version == spec.version:
+        try:
+            return spec.bind(args, kwargs)
+        except InvalidArguments as exc:
+            raise _Reject("invalid_payload", str(exc)) from None
+    if args and params is None:
+        raise _Reject(
+            "upcast_failed",
+            f"Positional arguments of {spec.name!r} version {version} cannot be named: "
+            f"the message does not list its parameters and the task is now at "
+            f"version {spec.version}.",
+        )
+    try:
+        return bind_positional(spec.name, version, params or (), args, kwargs)
+    except InvalidArguments as exc:
+        raise _Reject("invalid_payload", str(exc)) from None
+
+
+def _params(params: Any, spec: TaskSpec | None) -> tuple[str, ...] | None:
+    if type(params) is list and all(type(p) is str for p in params):
+        return tuple(params)
+    return spec.params if spec is not None else None
+
+
+def _parse_body(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise _Reject("undecodable", f"Envelope body is not valid JSON: {exc}") from None
+
+
+def _wire_payload(header: Mapping[str, Any], body: bytes) -> Any:
+    payload = _parse_body(body)
+    if header.get("form") == _FORM_POSITIONAL or "v" not in header:
+        return _decode(payload, "body")
+    return payload
+
+
+def _plain_arguments(
+    header: Mapping[str, Any], body: bytes
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    payload = _parse_body(body)
+    if header.get("form") != _FORM_POSITIONAL and "v" in header:
+        if type(payload) is not dict:
+            raise _Reject("invalid_payload", "Named-field body is not a JSON object.")
+        return (), payload
+    if type(payload) is not dict:
+        raise _Reject("undecodable", "Positional body is not a JSON object.")
+    return _codec_arguments(payload, "body")
+
+
+def _codec_arguments(obj: Mapping[str, Any], path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    args = _decode(obj.get("args", []), f"{path}.args")
+    kwargs = _decode(obj.get("kwargs", {}), f"{path}.kwargs")
+    if type(args) is not list or type(kwargs) is not dict:
+        raise _Reject("undecodable", f"{path}: args must be a list and kwargs an object.")
+    if not all(type(k) is str for k in kwargs):
+        raise _Reject("undecodable", f"{path}: keyword argument names must be strings.")
+    return tuple(args), kwargs
+
+
+def _decode(data: Any, path: str) -> Any:
+    try:
+        return _codec.decode(data)
+    except DecodeError as exc:
+        raise _Reject("undecodable", f"{path}: {exc}") from None
+
+
+def _identity(header: Mapping[str, Any]) -> tuple[str | None, int | None]:
+    kind = header.get("kind", _envelope.KIND_TASK)
+    name = header.get("task")
+    version = header.get("v")
+    if kind != _envelope.KIND_TASK or type(name) is not str or not name:
+        return None, None
+    if version is not None and (type(version) is not int or version < 1):
+        return None, None
+    return name, version
+
+
+def _identity_error(header: Mapping[str, Any]) -> str:
+    if header.get("kind", _envelope.KIND_TASK) != _envelope.KIND_TASK:
+        return f"Envelope of kind {header.get('kind')!r} where a task message was expected."
+    return "Envelope header lacks a valid task name ('task') or version ('v')."
+
+
+def _reason_of(exc: DecodeError) -> str:
+    return getattr(exc, "reason", "undecodable")
+
+
+def _id(header: Mapping[str, Any]) -> str:
+    value = header.get("id")
+    if type(value) is not str or not value:
+        raise _Reject("undecodable", "Envelope header lacks a task id ('id').")
+    return value
+
+
+def _float_or_none(value: Any) -> float | None:
+    return float(value) if type(value) in _NUMBER else None
+
+
+def _build_task(
+    task_class: type[Task],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    header: Mapping[str, Any],
+    nested: dict[str, Any],
+) -> Task:
+    get = header.get
+    # Absent retries/delays decode as 0, not None: Task() would replace None
+    # with the class default and give a task back retries it had used up.
+    retries, delay, backoff = get("retries", 0), get("retry_delay", 0), get("retry_backoff", 0)
+    priority, timeout = get("priority"), get("timeout")
+    if (
+        type(retries) is not int
+        or type(delay) not in _NUMBER
+        or type(backoff) not in _NUMBER
+        or (priority is not None and type(priority) not in _NUMBER)
+        or (timeout is not None and type(timeout) not in _NUMBER)
+    ):
+        raise _Reject("undecodable", "Envelope scheduling fields have the wrong types.")
+    return task_class(
+        args,
+        kwargs,
+        _id(header),
+        _datetime(get("eta"), "eta"),
+        retries,
+        delay,
+        priority,
+        _expires(get("expires")),
+        nested.get("on_complete"),
+        nested.get("on_error"),
+        _datetime(get("expires_resolved"), "expires_resolved"),
+        timeout,
+        nested.get("chord_config"),
+        backoff,
+    )
+
+
+def _datetime(value: Any, key: str) -> datetime.datetime | None:
+    if value is None:
+        return None
+    if type(value) is str:
+        try:
+            return datetime.datetime.fromisoformat(value)
+        except ValueError:
+            pass
+    raise _Reject("undecodable", f"Envelope field {key!r} is not an ISO 8601 datetime.")
+
+
+def _expires(value: Any) -> Any:
+    if value is None:
+        return None
+    decoded = _decode(value, "expires")
+    if type(decoded) in _NUMBER or isinstance(decoded, datetime.datetime | datetime.timedelta):
+        return decoded
+    raise _Reject("undecodable", "Envelope field 'expires' has the wrong type.")
+
+
+def _mark(task: Task, version: int, params: tuple[str, ...] | None, header: Mapping[str, Any]) -> None:
+    # Remembered on the instance so that re-serializing it (a retry, a pipeline
+    # step completed at run time) keeps its version, parameter order and age.
+    task._vt_version = version
+    task._vt_params = params
+    at = header.get("at")
+    if type(at) in _NUMBER:
+        task._vt_enqueued_at = at
+
+
+# -- writing ------------------------------------------------------------------
+
+
+class Writer:
+    """Turns Huey task objects into envelopes, validating versioned arguments."""
+
+    def __init__(self, registry: SchemaRegistry, pack: Pack, build: str | None = None) -> None:
+        self.registry = registry
+        self.pack = pack
+        self.build = build
+
+    def encode(self, task: Task, *, validate: bool = True) -> bytes:
+        """Encode a task; with ``validate=False`` write its arguments unchecked.
+
+        Raises:
+            InvalidArguments: the arguments do not fit the task's model.
+            EncodeError: a value the envelope cannot carry.
+        """
+        spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
+        header: dict[str, Any] = {"kind": _envelope.KIND_TASK}
+        if spec is not None and validate:
+            header.update(task=spec.name, v=spec.version)
+            body = self._versioned_body(spec, task)
+        else:
+            header.update(self._identity(task, spec))
+            header["form"] = _FORM_POSITIONAL
+            body = orjson.dumps(_arguments(task, "message"))
+        header["id"] = task.id
+        header["at"] = getattr(task, "_vt_enqueued_at", None) or time.time()
+        header["by"] = PRODUCER
+        if self.build:
+            header["build"] = self.build
+        self._scheduling(task, header, "message")
+        return self.pack(header, body)
+
+    def _versioned_body(self, spec: TaskSpec, task: Task) -> bytes:
+        args, kwargs = task.args, _without_context(task)
+        version = getattr(task, "_vt_version", spec.version)
+        if version == spec.version:
+            return spec.dump(args, kwargs)
+        params = getattr(task, "_vt_params", None) or ()
+        payload = bind_positional(spec.name, version, params, args, kwargs)
+        try:
+            payload = upcast(self.registry, spec, version, payload)
+        except _Reject as rej:
+            raise InvalidArguments(
+                task=spec.name,
+                version=version,
+                errors=[{"loc": (), "msg": rej.error, "type": rej.reason}],
+            ) from None
+        return spec.dump((), payload)
+
+    def _identity(self, task: Task, spec: TaskSpec | None) -> dict[str, Any]:
+        if spec is None:
+            return {"task": _registry_key(task)}
+        version = getattr(task, "_vt_version", spec.version)
+        params = getattr(task, "_vt_params", None)
+        return {
+            "task": spec.name,
+            "v": version,
+            "params": list(params if params is not None else spec.params),
+        }
+
+    def _scheduling(self, task: Task, out: dict[str, Any], path: str) -> None:
+        scheduling_fields(task, out, path, self._nested)
+
+    def _nested(self, task: Task, path: str) -> dict[str, Any]:
+        # A callback's arguments are completed at run time (Huey appends the
+        # parent's result), so they travel positionally with the parameter
+        # order of their version and are validated when Huey enqueues them.
+        spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
+        out = self._identity(task, spec)
+        out["id"] = task.id
+        out.update(_arguments(task, path))
+        self._scheduling(task, out, path)
+        return out
+
+
+def scheduling_fields(
+    task: Any, out: dict[str, Any], path: str, nested: Callable[[Any, str], dict[str, Any]]
+) -> None:
+    """Write Huey's scheduling fields and callbacks of a Task or Message into ``out``."""
+    if task.eta is not None:
+        out["eta"] = task.eta.isoformat()
+    for key in ("retries", "retry_delay", "retry_backoff"):
+        value = getattr(task, key)
+        if value:
+            out[key] = value
+    for key in ("priority", "timeout"):
+        value = getattr(task, key)
+        if value is not None:
+            out[key] = value
+    if task.expires is not None:
+        out["expires"] = _codec.encode(task.expires, f"{path}.expires")
+    if task.expires_resolved is not None:
+        out["expires_resolved"] = task.expires_resolved.isoformat()
+    if task.on_complete is not None:
+        out["on_complete"] = nested(task.on_complete, f"{path}.on_complete")
+    if task.on_error is not None:
+        out["on_error"] = nested(task.on_error, f"{path}.on_error")
+    if task.chord_config is not None:
+        cid, size, idx, callback = task.chord_config
+        out["chord"] = {
+            "cid": cid,
+            "size": size,
+            "idx": idx,
+            "callback": nested(callback, f"{path}.chord.callback"),
+        }
+
+
+# -- plain Huey messages (VersionedSerializer on a plain Huey) ------------------
+
+
+def message_to_envelope(message: Message) -> tuple[dict[str, Any], bytes]:
+    """Header and body of a plain Huey ``Message`` (positional arguments)."""
+    header: dict[str, Any] = {"kind": _envelope.KIND_TASK}
+    header.update(_message_object(message, "message"))
+    body = orjson.dumps({"args": header.pop("args"), "kwargs": header.pop("kwargs")})
+    header["at"] = time.time()
+    header["by"] = PRODUCER
+    return header, body
+
+
+def _message_object(message: Message, path: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"task": message.name, "form": _FORM_POSITIONAL, "id": message.id}
+    out["args"] = _codec.encode(list(message.args or ()), f"{path}.args")
+    out["kwargs"] = _codec.encode(dict(message.kwargs or {}), f"{path}.kwargs")
+    scheduling_fields(message, out, path, _message_object)
+    return out
+
+
+def message_from_envelope(header: dict[str, Any], body: bytes) -> Message:
+    """A plain Huey ``Message`` from a task envelope (named fields become kwargs).
+
+    Raises:
+        DecodeError: the envelope is not a well-formed task message.
+    """
+    try:
+        name, _ = _identity(header)
+        if name is None:
+            raise _Reject("undecodable", _identity_error(header))
+        args, kwargs = _plain_arguments(header, body)
+        return _message(name, args, kwargs, header)
+    except _Reject as rej:
+        raise DecodeError(rej.error) from None
+
+
+def _message(name: str, args: Any, kwargs: Any, obj: Mapping[str, Any]) -> Message:
+    # Built through a Task so that the field checks are the same as the worker's.
+    nested: dict[str, Any] = {}
+    for key in ("on_complete", "on_error"):
+        if obj.get(key) is not None:
+            nested[key] = _nested_message(obj[key])
+    chord = obj.get("chord")
+    if chord is not None:
+        if type(chord) is not dict:
+            raise _Reject("undecodable", "chord is not an object.")
+        nested["chord_config"] = (
+            chord.get("cid"),
+            chord.get("size"),
+            chord.get("idx"),
+            _nested_message(chord.get("callback")),
+        )
+    task = _build_task(Task, args, kwargs, obj, {})
+    return Message(
+        task.id,
+        name,
+        task.eta,
+        task.retries,
+        task.retry_delay,
+        task.priority,
+        task.args,
+        task.kwargs,
+        nested.get("on_complete"),
+        nested.get("on_error"),
+        task.expires,
+        task.expires_resolved,
+        task.timeout,
+        nested.get("chord_config"),
+        task.retry_backoff,
+    )
+
+
+def _nested_message(obj: Any) -> Message:
+    if type(obj) is not dict:
+        raise _Reject("undecodable", "A callback is not an object.")
+    name, _ = _identity(obj)
+    if name is None:
+        raise _Reject("undecodable", _identity_error(obj))
+    args, kwargs = _codec_arguments(obj, name)
+    return _message(name, args, kwargs, obj)
+
+
+def _arguments(task: Task, path: str) -> dict[str, Any]:
+    return {
+        "args": _codec.encode(list(task.args), f"{path}.args"),
+        "kwargs": _codec.encode(_without_context(task), f"{path}.kwargs"),
+    }
+
+
+def _without_context(task: Task) -> dict[str, Any]:
+    kwargs: dict[str, Any] = task.kwargs
+    if kwargs and kwargs.get("task") is task:
+        kwargs = {k: v for k, v in kwargs.items() if k != "task"}
+    return kwargs
+
+
+def _registry_key(task: Task) -> str:
+    kind = type(task)
+    return f"{kind.__module__}.{kind.__name__}"
+

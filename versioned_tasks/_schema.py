@@ -1,0 +1,513 @@
+"""Task name -> current version -> argument model, plus upcasters, renames and tombstones.
+
+Everything here is plain Python and pydantic: no Huey consumer, no storage.
+The registry is checked as a whole (``SchemaRegistry.check``) when a consumer
+starts, on the first dequeue or schedule read, and by ``huey.check_schemas()``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import orjson
+from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic_core import SchemaSerializer, SchemaValidator
+from typing_extensions import NotRequired, Required, TypedDict
+
+from .exceptions import InvalidArguments, SchemaError
+
+__all__ = [
+    "RESERVED_PARAMETERS",
+    "SchemaRegistry",
+    "TaskSpec",
+    "Upcaster",
+    "build_spec",
+]
+
+#: Keyword arguments that Huey's ``.s()`` takes for itself: a task parameter
+#: with one of these names could never receive a value.
+RESERVED_PARAMETERS: Final = frozenset(
+    {
+        "eta",
+        "delay",
+        "id",
+        "retries",
+        "retry_delay",
+        "retry_backoff",
+        "priority",
+        "expires",
+        "timeout",
+    }
+)
+
+Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+_ARGS_CONFIG: Final = ConfigDict(
+    extra="forbid",
+    ser_json_bytes="base64",
+    val_json_bytes="base64",
+)
+
+
+@dataclass(eq=False, slots=True)
+class TaskSpec:
+    """One versioned task as declared today: its logical name, version and model.
+
+    Attributes:
+        name: the stable logical name on the wire.
+        version: the current schema version (>= 1).
+        params: parameter names that positional arguments bind to, in order.
+        defaults: default values filled in by the producer.
+        model: the user's ``args_model``, or None when the model comes from the
+            function's signature.
+        adapter: a pydantic ``TypeAdapter`` for the argument payload.
+    """
+
+    name: str
+    version: int
+    params: tuple[str, ...]
+    defaults: dict[str, Any]
+    model: type[BaseModel] | None
+    adapter: TypeAdapter[Any]
+    validator: SchemaValidator = field(repr=False)
+    serializer: SchemaSerializer = field(repr=False)
+    #: The Huey task class that runs it; set when the task is registered.
+    task_class: Any = field(default=None, repr=False)
+
+    # -- producer side -------------------------------------------------------
+
+    def bind(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        """Name positional arguments and fill defaults: the payload to validate."""
+        if self.model is not None:
+            return self._bind_model(args, kwargs)
+        if not args:
+            payload = dict(kwargs)
+        else:
+            payload = bind_positional(self.name, self.version, self.params, args, kwargs)
+        for key, default in self.defaults.items():
+            if key not in payload:
+                payload[key] = default
+        return payload
+
+    def _bind_model(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
+        if not args:
+            return dict(kwargs)
+        if len(args) == 1 and not kwargs:
+            return args[0]
+        assert self.model is not None
+        raise self._binding_error(
+            f"pass one {self.model.__name__} instance or its fields as keyword arguments"
+        )
+
+    def dump(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> bytes:
+        """Validate a call's arguments and return the JSON body (named fields).
+
+        Raises:
+            InvalidArguments: naming the task, version and field.
+        """
+        payload = self.bind(args, kwargs)
+        try:
+            value = self.validator.validate_python(payload)
+        except ValidationError as exc:
+            raise self._invalid(exc) from None
+        return self.serializer.to_json(value)
+
+    # -- worker side ---------------------------------------------------------
+
+    def load_json(self, body: bytes) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Validate a JSON body and return the ``(args, kwargs)`` the function gets.
+
+        Raises:
+            pydantic.ValidationError: the payload does not fit today's model.
+        """
+        value = self.validator.validate_json(body)
+        if self.model is not None:
+            return (value,), {}
+        return (), value  # type: ignore[no-any-return]
+
+    def load_payload(self, payload: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Validate a payload that exists as Python data (after upcasting)."""
+        return self.load_json(orjson.dumps(payload))
+
+    def _binding_error(self, message: str) -> InvalidArguments:
+        return InvalidArguments(
+            task=self.name,
+            version=self.version,
+            errors=[{"loc": (), "msg": message, "type": "binding"}],
+        )
+
+    def _invalid(self, exc: ValidationError) -> InvalidArguments:
+        return InvalidArguments(
+            task=self.name,
+            version=self.version,
+            errors=exc.errors(include_url=False, include_input=False),
+        )
+
+    def json_schema(self) -> dict[str, Any]:
+        """The JSON Schema of the argument payload at the current version."""
+        return self.adapter.json_schema()
+
+
+def bind_positional(
+    task: str,
+    version: int,
+    params: Sequence[str],
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Name positional arguments by parameter order, as a Python call would."""
+    if len(args) > len(params):
+        raise InvalidArguments(
+            task=task,
+            version=version,
+            errors=[
+                {
+                    "loc": (),
+                    "msg": f"takes {len(params)} positional arguments but "
+                    f"{len(args)} were given",
+                    "type": "binding",
+                }
+            ],
+        )
+    payload = dict(zip(params, args, strict=False))
+    for key, value in kwargs.items():
+        if key in payload:
+            raise InvalidArguments(
+                task=task,
+                version=version,
+                errors=[
+                    {"loc": (key,), "msg": "got multiple values for argument", "type": "binding"}
+                ],
+            )
+        payload[key] = value
+    return payload
+
+
+def build_spec(
+    func: Callable[..., Any],
+    *,
+    name: str,
+    version: int,
+    args_model: type[BaseModel] | None,
+    context: bool,
+) -> TaskSpec:
+    """Build the argument model of a task from its signature or ``args_model``.
+
+    Raises:
+        SchemaError: for a version below 1, a reserved or unnamed parameter, or
+            a default that does not fit its annotation.
+    """
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise SchemaError(
+            f"Task {name!r} declares version {version!r}; versions are integers "
+            f"starting at 1.",
+            task=name,
+        )
+    if args_model is not None:
+        return _spec_from_model(func, name, version, args_model, context)
+    return _spec_from_signature(func, name, version, context)
+
+
+def _spec_from_model(
+    func: Callable[..., Any],
+    name: str,
+    version: int,
+    model: type[BaseModel],
+    context: bool,
+) -> TaskSpec:
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise SchemaError(
+            f"Task {name!r}: args_model must be a pydantic BaseModel subclass, "
+            f"got {model!r}.",
+            task=name,
+        )
+    for field_name in model.model_fields:
+        _refuse_reserved(name, version, field_name)
+    adapter: TypeAdapter[Any] = TypeAdapter(model)
+    return TaskSpec(
+        name=name,
+        version=version,
+        params=(),
+        defaults={},
+        model=model,
+        adapter=adapter,
+        validator=model.__pydantic_validator__,  # type: ignore[arg-type]
+        serializer=model.__pydantic_serializer__,
+    )
+
+
+def _spec_from_signature(
+    func: Callable[..., Any], name: str, version: int, context: bool
+) -> TaskSpec:
+    signature = inspect.signature(func)
+    hints = typing.get_type_hints(func, include_extras=True)
+    fields: dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
+    params: list[str] = []
+    has_task_param = False
+    for param in signature.parameters.values():
+        if context and param.name == "task":
+            has_task_param = True
+            continue
+        _check_parameter(name, version, param)
+        annotation = hints.get(param.name, Any)
+        if param.default is inspect.Parameter.empty:
+            fields[param.name] = Required[annotation]
+        else:
+            _check_default(name, version, param.name, annotation, param.default)
+            fields[param.name] = NotRequired[annotation]
+            defaults[param.name] = param.default
+        if param.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD:
+            params.append(param.name)
+    if context and not has_task_param:
+        raise SchemaError(
+            f"Task {name!r} version {version} is declared with context=True but its "
+            f"function has no 'task' parameter; add one (Huey passes the running Task "
+            f"as task=).",
+            task=name,
+        )
+    typed_dict = TypedDict(f"{func.__name__}_v{version}_args", fields)  # type: ignore[operator]
+    typed_dict.__pydantic_config__ = _ARGS_CONFIG
+    adapter: TypeAdapter[Any] = TypeAdapter(typed_dict)
+    return TaskSpec(
+        name=name,
+        version=version,
+        params=tuple(params),
+        defaults=defaults,
+        model=None,
+        adapter=adapter,
+        validator=adapter.validator,  # type: ignore[arg-type]
+        serializer=adapter.serializer,
+    )
+
+
+def _check_parameter(name: str, version: int, param: inspect.Parameter) -> None:
+    if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+        raise SchemaError(
+            f"Task {name!r} version {version}: parameter {param}: *args and **kwargs "
+            f"cannot become named fields; declare each argument, or pass args_model=.",
+            task=name,
+        )
+    if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+        raise SchemaError(
+            f"Task {name!r} version {version}: parameter {param.name!r} is "
+            f"positional-only; arguments travel as named fields, remove the '/'.",
+            task=name,
+        )
+    _refuse_reserved(name, version, param.name)
+
+
+def _refuse_reserved(name: str, version: int, field_name: str) -> None:
+    if field_name in RESERVED_PARAMETERS:
+        raise SchemaError(
+            f"Task {name!r} version {version}: argument {field_name!r} is taken by "
+            f"Huey's .s() (one of {', '.join(sorted(RESERVED_PARAMETERS))}) and would "
+            f"never reach the task; rename it.",
+            task=name,
+        )
+
+
+def _check_default(name: str, version: int, param: str, annotation: Any, default: Any) -> None:
+    try:
+        TypeAdapter(annotation).validate_python(default)
+    except ValidationError:
+        raise SchemaError(
+            f"Task {name!r} version {version}: the default {default!r} of {param!r} "
+            f"does not fit its annotation {annotation!r}; fix the default or widen the "
+            f"annotation (e.g. Optional[...]).",
+            task=name,
+        ) from None
+
+
+@dataclass(eq=False)
+class _Tombstone:
+    handler: Callable[[Any], object] | None = None
+
+
+class SchemaRegistry:
+    """Every versioned task of one app with its upcasters, renames and tombstones."""
+
+    def __init__(self) -> None:
+        self.specs: dict[str, TaskSpec] = {}
+        self.upcasters: dict[str, dict[int, Upcaster]] = {}
+        self.renames: dict[str, str] = {}
+        self.tombstones: dict[str, _Tombstone] = {}
+        self.dirty = True
+
+    def __repr__(self) -> str:
+        return (
+            f"<SchemaRegistry tasks={len(self.specs)} "
+            f"upcasters={sum(map(len, self.upcasters.values()))} "
+            f"renames={len(self.renames)} tombstones={len(self.tombstones)}>"
+        )
+
+    # -- declarations --------------------------------------------------------
+
+    def add_task(self, spec: TaskSpec) -> None:
+        if spec.name in self.specs:
+            raise SchemaError(
+                f"Task {spec.name!r} is declared twice (versions "
+                f"{self.specs[spec.name].version} and {spec.version}); keep one "
+                f"declaration with the current version and upcasters for the older ones.",
+                task=spec.name,
+            )
+        self.specs[spec.name] = spec
+        self.dirty = True
+
+    def add_upcaster(self, task: str, from_version: int, func: Upcaster) -> None:
+        if isinstance(from_version, bool) or not isinstance(from_version, int):
+            raise SchemaError(
+                f"Upcaster for {task!r}: from_version must be an integer, "
+                f"got {from_version!r}.",
+                task=task,
+            )
+        if from_version < 1:
+            raise SchemaError(
+                f"Upcaster for {task!r} from version {from_version}: versions start at 1.",
+                task=task,
+            )
+        steps = self.upcasters.setdefault(task, {})
+        if from_version in steps:
+            raise SchemaError(
+                f"Task {task!r} has two upcasters from version {from_version} to "
+                f"{from_version + 1} ({_describe(steps[from_version])} and "
+                f"{_describe(func)}); keep one.",
+                task=task,
+            )
+        steps[from_version] = func
+        self.dirty = True
+
+    def add_rename(self, old: str, new: str) -> None:
+        if old == new:
+            raise SchemaError(f"rename({old!r}, {new!r}) renames a task to itself.", task=old)
+        if old in self.renames and self.renames[old] != new:
+            raise SchemaError(
+                f"Task {old!r} is renamed twice (to {self.renames[old]!r} and "
+                f"{new!r}); keep one rename.",
+                task=old,
+            )
+        self.renames[old] = new
+        self.dirty = True
+
+    def add_tombstone(self, task: str) -> _Tombstone:
+        tomb = self.tombstones.setdefault(task, _Tombstone())
+        self.dirty = True
+        return tomb
+
+    # -- lookups used per message --------------------------------------------
+
+    def resolve(self, name: str) -> str:
+        """Follow renames to today's name (chains are checked acyclic)."""
+        seen = 0
+        while name in self.renames and seen <= len(self.renames):
+            name = self.renames[name]
+            seen += 1
+        return name
+
+    def chain(self, task: str, from_version: int, to_version: int) -> list[Upcaster] | None:
+        """The upcasters from ``from_version`` to ``to_version``, or None if one is missing."""
+        steps = self.upcasters.get(task, {})
+        try:
+            return [steps[v] for v in range(from_version, to_version)]
+        except KeyError:
+            return None
+
+    # -- whole-registry check ------------------------------------------------
+
+    def check(self, plain_tasks: Iterable[str] = ()) -> None:
+        """Check every declaration against the others.
+
+        Raises:
+            SchemaError: listing every problem with its fix.
+        """
+        known = set(self.specs) | set(plain_tasks)
+        problems = [
+            *self._check_upcasters(),
+            *self._check_renames(known),
+            *self._check_tombstones(known),
+        ]
+        if problems:
+            first_task = problems[0][0]
+            text = "\n".join(f"- {message}" for _, message in problems)
+            raise SchemaError(
+                f"{len(problems)} schema problem(s):\n{text}", task=first_task
+            )
+        self.dirty = False
+
+    def _check_upcasters(self) -> Iterable[tuple[str, str]]:
+        for task, steps in sorted(self.upcasters.items()):
+            spec = self.specs.get(task)
+            if spec is None:
+                yield task, (
+                    f"Upcasters for {task!r} (from versions {sorted(steps)}) name a task "
+                    f"that is not declared; declare it with "
+                    f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                )
+                continue
+            yield from _check_chain(spec, steps)
+
+    def _check_renames(self, known: set[str]) -> Iterable[tuple[str, str]]:
+        for old, new in sorted(self.renames.items()):
+            if old in known:
+                yield old, (
+                    f"rename({old!r}, {new!r}): {old!r} is still declared as a task; "
+                    f"remove that declaration or the rename."
+                )
+            target = self._final_target(old)
+            if target is None:
+                yield old, f"rename({old!r}, {new!r}) is part of a rename cycle; break it."
+            elif target not in known and target not in self.tombstones:
+                yield old, (
+                    f"rename({old!r}, {new!r}): {target!r} is not a declared task; "
+                    f"declare it, or tombstone it if it was retired."
+                )
+
+    def _final_target(self, name: str) -> str | None:
+        seen = {name}
+        while name in self.renames:
+            name = self.renames[name]
+            if name in seen:
+                return None
+            seen.add(name)
+        return name
+
+    def _check_tombstones(self, known: set[str]) -> Iterable[tuple[str, str]]:
+        for task in sorted(self.tombstones):
+            if task in known:
+                yield task, (
+                    f"tombstone({task!r}): the task is still declared; remove the "
+                    f"declaration (the tombstone replaces it) or the tombstone."
+                )
+            if task in self.renames:
+                yield task, (
+                    f"tombstone({task!r}): the name is also renamed to "
+                    f"{self.renames[task]!r}; keep one."
+                )
+
+
+def _check_chain(spec: TaskSpec, steps: dict[int, Upcaster]) -> Iterable[tuple[str, str]]:
+    current = spec.version
+    for version in sorted(v for v in steps if v >= current):
+        yield spec.name, (
+            f"Task {spec.name!r}: upcaster from version {version} to {version + 1} goes "
+            f"past the current version {current}; raise the task's version to "
+            f"{version + 1} or remove the upcaster."
+        )
+    below = [v for v in steps if v < current]
+    if not below:
+        return
+    for version in range(min(below), current):
+        if version not in steps:
+            yield spec.name, (
+                f"Task {spec.name!r} has no upcaster from version {version} to "
+                f"{version + 1} (the chain must reach the current version {current}); "
+                f"register one with @huey.upcaster({spec.name!r}, from_version={version})."
+            )
+
+
+def _describe(func: Callable[..., Any]) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
