@@ -70,9 +70,7 @@ def _encode_dict(value: dict[Any, Any], path: str) -> Any:
     )
     if plain:
         return {k: encode(v, f"{path}.{k}") for k, v in value.items()}
-    pairs = [
-        [encode(k, f"{path}<key>"), encode(v, f"{path}[{k!r}]")] for k, v in value.items()
-    ]
+    pairs = [[encode(k, f"{path}<key>"), encode(v, f"{path}[{k!r}]")] for k, v in value.items()]
     return {"$dict": pairs}
 
 

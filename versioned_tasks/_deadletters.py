@@ -49,10 +49,7 @@ class DeadLetter:
 
     def __repr__(self) -> str:
         version = f" v{self.version}" if self.version is not None else ""
-        return (
-            f"<DeadLetter id={self.id} reason={self.reason} "
-            f"task={self.task or '?'}{version}>"
-        )
+        return f"<DeadLetter id={self.id} reason={self.reason} task={self.task or '?'}{version}>"
 
     def _meta(self) -> dict[str, Any]:
         return {

@@ -33,6 +33,7 @@ __all__ = [
     "MAGIC",
     "decode_value_body",
     "encode_value",
+    "frame",
     "pack",
     "unpack",
 ]
@@ -50,7 +51,12 @@ _VALUE_HEADER: Final = orjson.dumps({"kind": KIND_VALUE})
 
 def pack(header: dict[str, Any], body: bytes) -> bytes:
     """Frame a header and an already-encoded JSON body into an envelope."""
-    return b"".join((_PREFIX, orjson.dumps(header), b"\n", body))
+    return frame(orjson.dumps(header), body)
+
+
+def frame(header: bytes, body: bytes) -> bytes:
+    """Frame header JSON bytes and body JSON bytes into an envelope."""
+    return b"%s%s\n%s" % (_PREFIX, header, body)
 
 
 def unpack(raw: bytes) -> tuple[dict[str, Any], bytes]:
@@ -82,7 +88,7 @@ def _describe_foreign(raw: bytes) -> str:
         return "Legacy pickle data (starts with 0x80): never unpickled; not an envelope."
     if raw[:1] in (b"\x1f", b"\x78"):
         return "Compressed data (gzip/zlib header): not an envelope."
-    if raw[:len(MAGIC)] == MAGIC:
+    if raw[: len(MAGIC)] == MAGIC:
         fmt = raw[len(MAGIC) : len(MAGIC) + 1]
         return (
             f"Envelope format {fmt!r} is not understood by this release (it reads "

@@ -28,10 +28,25 @@ from huey.storage import (
 from pydantic import BaseModel
 
 from ._deadletters import DeadLetterStore, backend_for
-from ._pipeline import Newer, Reader, Ready, Rejected, Retired, RetiredMessage, Writer
+from ._pipeline import (
+    Newer,
+    Reader,
+    Ready,
+    Rejected,
+    Retired,
+    RetiredMessage,
+    Writer,
+    wire_info,
+)
 from ._schema import SchemaRegistry, TaskSpec, Upcaster, build_spec
 from ._serializer import VersionedSerializer
-from .exceptions import ConfigurationError, EncodeError, InvalidArguments, MessageRejected
+from .exceptions import (
+    ConfigurationError,
+    EncodeError,
+    InvalidArguments,
+    MessageRejected,
+    SchemaError,
+)
 
 __all__ = [
     "VersionedHuey",
@@ -69,8 +84,9 @@ class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
 
     spec: TaskSpec
 
-    def __init__(self, huey: VersionedHuey, func: Callable[..., Any], *, spec: TaskSpec,
-                 **options: Any) -> None:
+    def __init__(
+        self, huey: VersionedHuey, func: Callable[..., Any], *, spec: TaskSpec, **options: Any
+    ) -> None:
         self.spec = spec
         super().__init__(huey, func, _vt_spec=spec, **options)
         spec.task_class = self.task_class
@@ -153,7 +169,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters_storage: Any = None
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
-        self._writer = Writer(self.schema, serializer.pack, app_build)
+        self._writer = Writer(self.schema, serializer.frame, app_build)
 
     def __repr__(self) -> str:
         return (
@@ -198,7 +214,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             )
             self.schema.add_task(spec)
             try:
-                return self._versioned_wrapper(func, spec, name, huey_task_options)
+                return self._versioned_wrapper(func, spec, name, dict(huey_task_options))
+            except ValueError as exc:
+                del self.schema.specs[logical]
+                raise SchemaError(
+                    f"Task {logical!r} version {version} cannot be registered with Huey: "
+                    f"{exc}",
+                    task=logical,
+                ) from None
             except Exception:
                 del self.schema.specs[logical]
                 raise
@@ -215,8 +238,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         context = options.pop("context", False)
         defaults = {
             f"default_{key}": options.pop(key)
-            for key in ("retries", "retry_delay", "retry_backoff", "priority", "expires",
-                        "timeout")
+            for key in (
+                "retries",
+                "retry_delay",
+                "retry_backoff",
+                "priority",
+                "expires",
+                "timeout",
+            )
             if key in options
         }
         return VersionedTaskWrapper(
@@ -299,8 +328,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             return Result(self, Task(id=outcome.message.id)) if self.results else None
         raise _rejection(outcome)
 
-    def _dead_letter(self, raw: bytes, reason: str, task: str | None, version: int | None,
-                     error: str) -> None:
+    def _dead_letter(
+        self, raw: bytes, reason: str, task: str | None, version: int | None, error: str
+    ) -> None:
         try:
             entry = self.dead_letters.add(
                 reason=reason, raw=raw, task=task, version=version, error=error
@@ -310,7 +340,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raise
         logger.warning(
             "Dead-lettered %s (task %r, version %s): %s [entry %s]",
-            reason, task, version, error, entry.id,
+            reason,
+            task,
+            version,
+            error,
+            entry.id,
         )
 
     def _rescue(self, raw: bytes) -> None:
@@ -367,7 +401,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 raw,
                 reason,
                 spec.name if spec else type(task).__name__,
-                getattr(task, "_vt_version", spec.version if spec else None),
+                _wire_version(task, spec),
                 str(exc),
             )
             return None
@@ -457,7 +491,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self.storage.add_to_schedule(raw, eta)
         logger.info(
             "Deferred task %r version %s (this worker knows version %s) until %s.",
-            newer.task, newer.version, newer.known_version, eta,
+            newer.task,
+            newer.version,
+            newer.known_version,
+            eta,
         )
 
     def _retire(self, raw: bytes, retired: Retired, from_schedule: bool) -> None:
@@ -465,7 +502,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         message = retired.message
         if tomb.handler is None:
             self._dead_letter(
-                raw, "retired", message.task, message.version,
+                raw,
+                "retired",
+                message.task,
+                message.version,
                 f"Task {message.task!r} is retired (tombstoned) and has no handler.",
             )
             return
@@ -478,9 +518,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         except Exception as exc:
             logger.exception("Tombstone handler for %r failed.", retired.tombstone)
             self._dead_letter(
-                raw, "retired", message.task, message.version,
-                f"Tombstone handler for {retired.tombstone!r} raised "
-                f"{type(exc).__name__}: {exc}",
+                raw,
+                "retired",
+                message.task,
+                message.version,
+                f"Tombstone handler for {retired.tombstone!r} raised {type(exc).__name__}: {exc}",
             )
 
     def _plain_task(self, name: str) -> type[Task] | None:
@@ -512,18 +554,24 @@ def _check_serializer(
 def _rejection(outcome: Any) -> MessageRejected:
     if isinstance(outcome, Rejected):
         return MessageRejected(
-            reason=outcome.reason, task=outcome.task, version=outcome.version,
+            reason=outcome.reason,
+            task=outcome.task,
+            version=outcome.version,
             error=outcome.error,
         )
     if isinstance(outcome, Newer):
         return MessageRejected(
-            reason="newer_version", task=outcome.task, version=outcome.version,
+            reason="newer_version",
+            task=outcome.task,
+            version=outcome.version,
             error=f"this code knows version {outcome.known_version} of {outcome.task!r}; "
             f"deploy the newer code first.",
         )
     message = outcome.message
     return MessageRejected(
-        reason="retired", task=message.task, version=message.version,
+        reason="retired",
+        task=message.task,
+        version=message.version,
         error=f"Task {message.task!r} is retired (tombstoned) and has no handler.",
     )
 
@@ -540,6 +588,13 @@ def _callback_ids(task: Task) -> frozenset[str]:
         if step is not None:
             ids.add(step.id)
     return frozenset(ids)
+
+
+def _wire_version(task: Task, spec: TaskSpec | None) -> int | None:
+    wire = wire_info(task)
+    if wire is not None:
+        return wire[0]
+    return spec.version if spec is not None else None
 
 
 def _is_upcast_error(exc: Exception) -> bool:

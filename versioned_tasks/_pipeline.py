@@ -18,6 +18,7 @@ newer or retired message is up to the caller.
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from .exceptions import DecodeError, InvalidArguments
 __all__ = [
     "REASONS",
     "Newer",
-    "Ready",
     "Reader",
+    "Ready",
     "Rejected",
     "Retired",
     "RetiredMessage",
@@ -56,12 +57,14 @@ REASONS: Final = (
     "retired",
 )
 
+logger = logging.getLogger("versioned_tasks")
+
 PRODUCER: Final = f"versioned_tasks/{__version__}"
 _FORM_POSITIONAL: Final = "positional"
 _NUMBER: Final = (int, float)
 
 Unpack = Callable[[bytes], tuple[dict[str, Any], bytes]]
-Pack = Callable[[dict[str, Any], bytes], bytes]
+Frame = Callable[[bytes, bytes], bytes]
 
 
 # -- outcomes -----------------------------------------------------------------
@@ -155,11 +158,27 @@ class Reader:
         self.plain_task = plain_task
 
     def read(self, raw: bytes) -> Outcome:
-        """Run the whole pipeline on one stored message."""
+        """Run the whole pipeline on one stored message; never raises for bad bytes."""
+        try:
+            return self._read(raw)
+        except Exception as exc:
+            # A safety net: bytes built to hit a corner no stage foresaw (say,
+            # nesting deep enough to exhaust the recursion limit) must still end
+            # in the dead-letter store rather than raise out of dequeue().
+            logger.exception("Unexpected error while reading a message.")
+            return Rejected(
+                "undecodable", None, None, f"Unreadable message ({type(exc).__name__}: {exc})"
+            )
+
+    def _read(self, raw: bytes) -> Outcome:
         try:
             header, body = self.unpack(raw)
         except DecodeError as exc:
             return Rejected(_reason_of(exc), None, None, str(exc))
+        if header.keys() <= _PLAIN_HEADER:
+            task = self._read_current(header, body)
+            if task is not None:
+                return Ready(task)
         name, version = _identity(header)
         if name is None:
             return Rejected("undecodable", None, None, _identity_error(header))
@@ -173,8 +192,37 @@ class Reader:
                 defer.version,
                 defer.known,
                 _float_or_none(header.get("at")),
-                header.get("priority"),
+                _priority(header),
             )
+
+    def _read_current(self, header: dict[str, Any], body: bytes) -> Task | None:
+        """The hot path: a current-version message with no scheduling fields.
+
+        Returns None whenever anything is unusual; the full pipeline then runs
+        and names the reason.
+        """
+        spec = self.registry.specs.get(header.get("task"))  # type: ignore[arg-type]
+        version, ident = header.get("v"), header.get("id")
+        if (
+            spec is None
+            or type(version) is not int
+            or version != spec.version
+            or type(ident) is not str
+            or header.get("kind") != _envelope.KIND_TASK
+        ):
+            return None
+        try:
+            value = spec.validator.validate_json(body)
+        except ValidationError:
+            return None
+        args, kwargs = ((value,), {}) if spec.model is not None else ((), value)
+        # Absent retries/delays decode as 0, not None: see _build_task.
+        task: Task = spec.task_class(
+            args, kwargs, ident, None, 0, 0, None, None, None, None, None, None, None, 0
+        )
+        at = header.get("at")
+        task._vt_wire = (version, None, at if type(at) in _NUMBER else None)
+        return task
 
     def _read_task(
         self, name: str, version: int | None, header: dict[str, Any], body: bytes
@@ -182,7 +230,7 @@ class Reader:
         resolved = self.registry.resolve(name)
         if resolved in self.registry.tombstones:
             retired = RetiredMessage(name, version, _wire_payload(header, body), _id(header))
-            return Retired(retired, resolved, header.get("priority"))
+            return Retired(retired, resolved, _priority(header))
         spec = self.registry.specs.get(resolved)
         if spec is not None:
             args, kwargs = self._versioned_arguments(spec, name, version, header, body)
@@ -266,9 +314,7 @@ class Reader:
         return task
 
 
-def upcast(
-    registry: SchemaRegistry, spec: TaskSpec, version: int, payload: Any
-) -> dict[str, Any]:
+def upcast(registry: SchemaRegistry, spec: TaskSpec, version: int, payload: Any) -> dict[str, Any]:
     """Run the upcaster chain from ``version`` to the spec's current version."""
     chain = registry.chain(spec.name, version, spec.version)
     if chain is None:
@@ -295,7 +341,8 @@ def upcast(
                 f"Upcaster of {spec.name!r} from version {step_version} to "
                 f"{step_version + 1} returned {type(payload).__name__}, not a dict.",
             )
-    return payload
+    result: dict[str, Any] = payload
+    return result
 
 
 def _validate(
@@ -306,7 +353,9 @@ def _validate(
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False)
         if errors and errors[0]["type"] == "json_invalid":
-            raise _Reject("undecodable", f"Envelope body is not valid JSON: {errors[0]['msg']}")
+            raise _Reject(
+                "undecodable", f"Envelope body is not valid JSON: {errors[0]['msg']}"
+            ) from None
         detail = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or '(payload)'}: {e['msg']}" for e in errors[:5]
         )
@@ -416,11 +465,16 @@ def _reason_of(exc: DecodeError) -> str:
     return getattr(exc, "reason", "undecodable")
 
 
-def _id(header: Mapping[str, Any]) -> str:
+def _id(header: Mapping[str, Any]) -> Any:
     value = header.get("id")
-    if type(value) is not str or not value:
+    if type(value) not in (str, int) or value == "":
         raise _Reject("undecodable", "Envelope header lacks a task id ('id').")
     return value
+
+
+def _priority(header: Mapping[str, Any]) -> int | float | None:
+    value = header.get("priority")
+    return value if type(value) in _NUMBER else None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -485,14 +539,19 @@ def _expires(value: Any) -> Any:
     raise _Reject("undecodable", "Envelope field 'expires' has the wrong type.")
 
 
-def _mark(task: Task, version: int, params: tuple[str, ...] | None, header: Mapping[str, Any]) -> None:
+def _mark(
+    task: Task, version: int, params: tuple[str, ...] | None, header: Mapping[str, Any]
+) -> None:
     # Remembered on the instance so that re-serializing it (a retry, a pipeline
     # step completed at run time) keeps its version, parameter order and age.
-    task._vt_version = version
-    task._vt_params = params
     at = header.get("at")
-    if type(at) in _NUMBER:
-        task._vt_enqueued_at = at
+    task._vt_wire = (version, params, at if type(at) in _NUMBER else None)
+
+
+def wire_info(task: Task) -> tuple[int, tuple[str, ...] | None, float | None] | None:
+    """``(version, params, enqueued_at)`` of a task read from the wire, else None."""
+    info: tuple[int, tuple[str, ...] | None, float | None] | None = task.__dict__.get("_vt_wire")
+    return info
 
 
 # -- writing ------------------------------------------------------------------
@@ -501,10 +560,14 @@ def _mark(task: Task, version: int, params: tuple[str, ...] | None, header: Mapp
 class Writer:
     """Turns Huey task objects into envelopes, validating versioned arguments."""
 
-    def __init__(self, registry: SchemaRegistry, pack: Pack, build: str | None = None) -> None:
+    def __init__(self, registry: SchemaRegistry, frame: Frame, build: str | None = None) -> None:
         self.registry = registry
-        self.pack = pack
+        self.frame = frame
         self.build = build
+        self._tail = b',"by":' + orjson.dumps(PRODUCER)
+        if build:
+            self._tail += b',"build":' + orjson.dumps(build)
+        self._heads: dict[TaskSpec, bytes] = {}
 
     def encode(self, task: Task, *, validate: bool = True) -> bytes:
         """Encode a task; with ``validate=False`` write its arguments unchecked.
@@ -514,29 +577,51 @@ class Writer:
             EncodeError: a value the envelope cannot carry.
         """
         spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
-        header: dict[str, Any] = {"kind": _envelope.KIND_TASK}
+        wire = wire_info(task)
         if spec is not None and validate:
-            header.update(task=spec.name, v=spec.version)
-            body = self._versioned_body(spec, task)
+            body = self._versioned_body(spec, task, wire)
+            head = self._heads.get(spec) or self._head(spec)
         else:
-            header.update(self._identity(task, spec))
-            header["form"] = _FORM_POSITIONAL
+            identity = self._identity(task, spec, wire)
+            identity["form"] = _FORM_POSITIONAL
+            head = _OPEN_TASK + orjson.dumps(identity)[1:-1]
             body = orjson.dumps(_arguments(task, "message"))
-        header["id"] = task.id
-        header["at"] = getattr(task, "_vt_enqueued_at", None) or time.time()
-        header["by"] = PRODUCER
-        if self.build:
-            header["build"] = self.build
-        self._scheduling(task, header, "message")
-        return self.pack(header, body)
+        extra = b""
+        if _has_scheduling(task):
+            fields: dict[str, Any] = {}
+            scheduling_fields(task, fields, "message", self._nested)
+            extra = b"," + orjson.dumps(fields)[1:-1]
+        at = wire[2] if wire is not None and wire[2] is not None else time.time()
+        header = b"".join(
+            (
+                head,
+                b',"id":',
+                orjson.dumps(task.id),
+                b',"at":',
+                repr(at).encode(),
+                self._tail,
+                extra,
+                b"}",
+            )
+        )
+        return self.frame(header, body)
 
-    def _versioned_body(self, spec: TaskSpec, task: Task) -> bytes:
-        args, kwargs = task.args, _without_context(task)
-        version = getattr(task, "_vt_version", spec.version)
-        if version == spec.version:
-            return spec.dump(args, kwargs)
-        params = getattr(task, "_vt_params", None) or ()
-        payload = bind_positional(spec.name, version, params, args, kwargs)
+    def _head(self, spec: TaskSpec) -> bytes:
+        head = _OPEN_TASK + orjson.dumps({"task": spec.name, "v": spec.version})[1:-1]
+        self._heads[spec] = head
+        return head
+
+    def _versioned_body(
+        self,
+        spec: TaskSpec,
+        task: Task,
+        wire: tuple[int, tuple[str, ...] | None, float | None] | None,
+    ) -> bytes:
+        kwargs = _without_context(task)
+        if wire is None or wire[0] == spec.version:
+            return spec.dump(task.args, kwargs)
+        version, params = wire[0], wire[1] or ()
+        payload = bind_positional(spec.name, version, params, task.args, kwargs)
         try:
             payload = upcast(self.registry, spec, version, payload)
         except _Reject as rej:
@@ -547,30 +632,53 @@ class Writer:
             ) from None
         return spec.dump((), payload)
 
-    def _identity(self, task: Task, spec: TaskSpec | None) -> dict[str, Any]:
+    def _identity(
+        self,
+        task: Task,
+        spec: TaskSpec | None,
+        wire: tuple[int, tuple[str, ...] | None, float | None] | None,
+    ) -> dict[str, Any]:
         if spec is None:
             return {"task": _registry_key(task)}
-        version = getattr(task, "_vt_version", spec.version)
-        params = getattr(task, "_vt_params", None)
+        version, params = (wire[0], wire[1]) if wire is not None else (spec.version, None)
         return {
             "task": spec.name,
             "v": version,
             "params": list(params if params is not None else spec.params),
         }
 
-    def _scheduling(self, task: Task, out: dict[str, Any], path: str) -> None:
-        scheduling_fields(task, out, path, self._nested)
-
     def _nested(self, task: Task, path: str) -> dict[str, Any]:
         # A callback's arguments are completed at run time (Huey appends the
         # parent's result), so they travel positionally with the parameter
         # order of their version and are validated when Huey enqueues them.
         spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
-        out = self._identity(task, spec)
+        out = self._identity(task, spec, wire_info(task))
         out["id"] = task.id
         out.update(_arguments(task, path))
-        self._scheduling(task, out, path)
+        scheduling_fields(task, out, path, self._nested)
         return out
+
+
+_OPEN_TASK: Final = b'{"kind":"task",'
+
+
+def _has_scheduling(task: Task) -> bool:
+    return not (
+        task.eta is None
+        and task.on_complete is None
+        and not task.retries
+        and task.priority is None
+        and task.expires is None
+        and task.timeout is None
+        and task.on_error is None
+        and task.chord_config is None
+        and not task.retry_delay
+        and not task.retry_backoff
+        and task.expires_resolved is None
+    )
+
+
+_PLAIN_HEADER: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build"})
 
 
 def scheduling_fields(
@@ -705,4 +813,3 @@ def _without_context(task: Task) -> dict[str, Any]:
 def _registry_key(task: Task) -> str:
     kind = type(task)
     return f"{kind.__module__}.{kind.__name__}"
-

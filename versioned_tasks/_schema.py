@@ -11,12 +11,12 @@ import inspect
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NotRequired, Required
 
 import orjson
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 from pydantic_core import SchemaSerializer, SchemaValidator
-from typing_extensions import NotRequired, Required, TypedDict
+from typing_extensions import TypedDict
 
 from .exceptions import InvalidArguments, SchemaError
 
@@ -84,12 +84,15 @@ class TaskSpec:
         """Name positional arguments and fill defaults: the payload to validate."""
         if self.model is not None:
             return self._bind_model(args, kwargs)
-        if not args:
-            payload = dict(kwargs)
-        else:
+        payload: Any
+        if args:
             payload = bind_positional(self.name, self.version, self.params, args, kwargs)
+        else:
+            payload = kwargs  # copied below only if a default must be added
         for key, default in self.defaults.items():
             if key not in payload:
+                if payload is kwargs:
+                    payload = dict(kwargs)
                 payload[key] = default
         return payload
 
@@ -127,7 +130,7 @@ class TaskSpec:
         value = self.validator.validate_json(body)
         if self.model is not None:
             return (value,), {}
-        return (), value  # type: ignore[no-any-return]
+        return (), value
 
     def load_payload(self, payload: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate a payload that exists as Python data (after upcasting)."""
@@ -144,7 +147,7 @@ class TaskSpec:
         return InvalidArguments(
             task=self.name,
             version=self.version,
-            errors=exc.errors(include_url=False, include_input=False),
+            errors=[dict(e) for e in exc.errors(include_url=False, include_input=False)],
         )
 
     def json_schema(self) -> dict[str, Any]:
@@ -167,23 +170,27 @@ def bind_positional(
             errors=[
                 {
                     "loc": (),
-                    "msg": f"takes {len(params)} positional arguments but "
-                    f"{len(args)} were given",
+                    "msg": f"takes {len(params)} positional arguments but {len(args)} were given",
                     "type": "binding",
                 }
             ],
         )
     payload = dict(zip(params, args, strict=False))
-    for key, value in kwargs.items():
-        if key in payload:
-            raise InvalidArguments(
-                task=task,
-                version=version,
-                errors=[
-                    {"loc": (key,), "msg": "got multiple values for argument", "type": "binding"}
-                ],
-            )
-        payload[key] = value
+    if kwargs:
+        for key in kwargs:
+            if key in payload:
+                raise InvalidArguments(
+                    task=task,
+                    version=version,
+                    errors=[
+                        {
+                            "loc": (key,),
+                            "msg": "got multiple values for argument",
+                            "type": "binding",
+                        }
+                    ],
+                )
+        payload.update(kwargs)
     return payload
 
 
@@ -203,8 +210,7 @@ def build_spec(
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SchemaError(
-            f"Task {name!r} declares version {version!r}; versions are integers "
-            f"starting at 1.",
+            f"Task {name!r} declares version {version!r}; versions are integers starting at 1.",
             task=name,
         )
     if args_model is not None:
@@ -221,8 +227,7 @@ def _spec_from_model(
 ) -> TaskSpec:
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise SchemaError(
-            f"Task {name!r}: args_model must be a pydantic BaseModel subclass, "
-            f"got {model!r}.",
+            f"Task {name!r}: args_model must be a pydantic BaseModel subclass, got {model!r}.",
             task=name,
         )
     for field_name in model.model_fields:
@@ -270,8 +275,7 @@ def _spec_from_signature(
             f"as task=).",
             task=name,
         )
-    typed_dict = TypedDict(f"{func.__name__}_v{version}_args", fields)  # type: ignore[operator]
-    typed_dict.__pydantic_config__ = _ARGS_CONFIG
+    typed_dict = _typed_dict(f"{func.__name__}_v{version}_args", fields)
     adapter: TypeAdapter[Any] = TypeAdapter(typed_dict)
     return TaskSpec(
         name=name,
@@ -283,6 +287,14 @@ def _spec_from_signature(
         validator=adapter.validator,  # type: ignore[arg-type]
         serializer=adapter.serializer,
     )
+
+
+def _typed_dict(name: str, fields: dict[str, Any]) -> Any:
+    # pydantic needs typing_extensions.TypedDict before Python 3.12.
+    factory: Any = TypedDict
+    typed_dict = factory(name, fields)
+    typed_dict.__pydantic_config__ = _ARGS_CONFIG
+    return typed_dict
 
 
 def _check_parameter(name: str, version: int, param: inspect.Parameter) -> None:
@@ -361,8 +373,7 @@ class SchemaRegistry:
     def add_upcaster(self, task: str, from_version: int, func: Upcaster) -> None:
         if isinstance(from_version, bool) or not isinstance(from_version, int):
             raise SchemaError(
-                f"Upcaster for {task!r}: from_version must be an integer, "
-                f"got {from_version!r}.",
+                f"Upcaster for {task!r}: from_version must be an integer, got {from_version!r}.",
                 task=task,
             )
         if from_version < 1:
@@ -433,19 +444,20 @@ class SchemaRegistry:
         if problems:
             first_task = problems[0][0]
             text = "\n".join(f"- {message}" for _, message in problems)
-            raise SchemaError(
-                f"{len(problems)} schema problem(s):\n{text}", task=first_task
-            )
+            raise SchemaError(f"{len(problems)} schema problem(s):\n{text}", task=first_task)
         self.dirty = False
 
     def _check_upcasters(self) -> Iterable[tuple[str, str]]:
         for task, steps in sorted(self.upcasters.items()):
             spec = self.specs.get(task)
             if spec is None:
-                yield task, (
-                    f"Upcasters for {task!r} (from versions {sorted(steps)}) name a task "
-                    f"that is not declared; declare it with "
-                    f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                yield (
+                    task,
+                    (
+                        f"Upcasters for {task!r} (from versions {sorted(steps)}) name a task "
+                        f"that is not declared; declare it with "
+                        f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                    ),
                 )
                 continue
             yield from _check_chain(spec, steps)
@@ -453,17 +465,23 @@ class SchemaRegistry:
     def _check_renames(self, known: set[str]) -> Iterable[tuple[str, str]]:
         for old, new in sorted(self.renames.items()):
             if old in known:
-                yield old, (
-                    f"rename({old!r}, {new!r}): {old!r} is still declared as a task; "
-                    f"remove that declaration or the rename."
+                yield (
+                    old,
+                    (
+                        f"rename({old!r}, {new!r}): {old!r} is still declared as a task; "
+                        f"remove that declaration or the rename."
+                    ),
                 )
             target = self._final_target(old)
             if target is None:
                 yield old, f"rename({old!r}, {new!r}) is part of a rename cycle; break it."
             elif target not in known and target not in self.tombstones:
-                yield old, (
-                    f"rename({old!r}, {new!r}): {target!r} is not a declared task; "
-                    f"declare it, or tombstone it if it was retired."
+                yield (
+                    old,
+                    (
+                        f"rename({old!r}, {new!r}): {target!r} is not a declared task; "
+                        f"declare it, or tombstone it if it was retired."
+                    ),
                 )
 
     def _final_target(self, name: str) -> str | None:
@@ -478,34 +496,46 @@ class SchemaRegistry:
     def _check_tombstones(self, known: set[str]) -> Iterable[tuple[str, str]]:
         for task in sorted(self.tombstones):
             if task in known:
-                yield task, (
-                    f"tombstone({task!r}): the task is still declared; remove the "
-                    f"declaration (the tombstone replaces it) or the tombstone."
+                yield (
+                    task,
+                    (
+                        f"tombstone({task!r}): the task is still declared; remove the "
+                        f"declaration (the tombstone replaces it) or the tombstone."
+                    ),
                 )
             if task in self.renames:
-                yield task, (
-                    f"tombstone({task!r}): the name is also renamed to "
-                    f"{self.renames[task]!r}; keep one."
+                yield (
+                    task,
+                    (
+                        f"tombstone({task!r}): the name is also renamed to "
+                        f"{self.renames[task]!r}; keep one."
+                    ),
                 )
 
 
 def _check_chain(spec: TaskSpec, steps: dict[int, Upcaster]) -> Iterable[tuple[str, str]]:
     current = spec.version
     for version in sorted(v for v in steps if v >= current):
-        yield spec.name, (
-            f"Task {spec.name!r}: upcaster from version {version} to {version + 1} goes "
-            f"past the current version {current}; raise the task's version to "
-            f"{version + 1} or remove the upcaster."
+        yield (
+            spec.name,
+            (
+                f"Task {spec.name!r}: upcaster from version {version} to {version + 1} goes "
+                f"past the current version {current}; raise the task's version to "
+                f"{version + 1} or remove the upcaster."
+            ),
         )
     below = [v for v in steps if v < current]
     if not below:
         return
     for version in range(min(below), current):
         if version not in steps:
-            yield spec.name, (
-                f"Task {spec.name!r} has no upcaster from version {version} to "
-                f"{version + 1} (the chain must reach the current version {current}); "
-                f"register one with @huey.upcaster({spec.name!r}, from_version={version})."
+            yield (
+                spec.name,
+                (
+                    f"Task {spec.name!r} has no upcaster from version {version} to "
+                    f"{version + 1} (the chain must reach the current version {current}); "
+                    f"register one with @huey.upcaster({spec.name!r}, from_version={version})."
+                ),
             )
 
 

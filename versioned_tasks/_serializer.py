@@ -38,6 +38,10 @@ class VersionedSerializer(Serializer):  # type: ignore[misc]
         """Frame a header and a JSON body into envelope bytes."""
         return _envelope.pack(header, body)
 
+    def frame(self, header: bytes, body: bytes) -> bytes:
+        """Frame header JSON bytes and body JSON bytes into envelope bytes."""
+        return _envelope.frame(header, body)
+
     def unpack(self, raw: bytes) -> tuple[dict[str, Any], bytes]:
         """Split envelope bytes into the parsed header and the body bytes.
 

@@ -171,7 +171,9 @@ class ReplayFailed(MessageRejected):
         super().__init__(reason=reason, task=task, version=version, error=error)
 
     def _message(self) -> str:
-        subject = f"task {self.task!r} version {self.version}" if self.task else "an unreadable message"
+        subject = (
+            f"task {self.task!r} version {self.version}" if self.task else "an unreadable message"
+        )
         return (
             f"Replay of dead letter {self.id!r} ({subject}) failed again with reason "
             f"{self.reason!r}: {self.error} The entry was kept with the new reason; deploy a "
