@@ -118,6 +118,8 @@ class DeadLetterStore:
         """The newest ``limit`` entries (all of them when ``limit`` is None)."""
         if limit is None:
             return [*self]
+        if limit <= 0:
+            return []
         return self._backend.page(0, limit)
 
     def add(
@@ -191,13 +193,12 @@ class MemoryBackend:
     """Entries in a dict hung on the MemoryStorage itself."""
 
     def __init__(self, storage: MemoryStorage) -> None:
-        self._lock: threading.Lock = getattr(storage, "_vt_dead_lock", None) or threading.Lock()
-        entries: dict[str, DeadLetter] | None = getattr(storage, "_vt_dead_letters", None)
-        if entries is None:
-            entries = {}
-            storage._vt_dead_letters = entries
-            storage._vt_dead_lock = self._lock
-        self._entries = entries
+        # Attached to the storage under its own lock, so that two threads
+        # opening the store at once share one dict.
+        with storage._lock:
+            state = storage.__dict__.setdefault("_vt_dead_letters", ({}, threading.Lock()))
+        self._entries: dict[str, DeadLetter] = state[0]
+        self._lock: threading.Lock = state[1]
 
     def add(self, entry: DeadLetter) -> None:
         with self._lock:

@@ -11,6 +11,7 @@ import base64
 import contextvars
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
@@ -167,6 +168,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self.newer_version_max_age = float(newer_version_max_age)
         self._dead_letters: DeadLetterStore | None = None
         self._dead_letters_storage: Any = None
+        self._dead_letters_lock = threading.Lock()
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
         self._writer = Writer(self.schema, serializer.frame, app_build)
@@ -314,10 +316,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     @property
     def dead_letters(self) -> DeadLetterStore:
         """The dead-letter store beside this app's storage (opened on first use)."""
-        if self._dead_letters is None or self._dead_letters_storage is not self.storage:
-            self._dead_letters = DeadLetterStore(backend_for(self.storage), self._replay)
-            self._dead_letters_storage = self.storage
-        return self._dead_letters
+        with self._dead_letters_lock:
+            if self._dead_letters is None or self._dead_letters_storage is not self.storage:
+                self._dead_letters = DeadLetterStore(backend_for(self.storage), self._replay)
+                self._dead_letters_storage = self.storage
+            return self._dead_letters
 
     def _replay(self, raw: bytes) -> Any:
         outcome = self._reader.read(raw)
