@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import math
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,8 @@ from .exceptions import DecodeError, EncodeError
 __all__ = ["RemoteException", "decode", "encode"]
 
 _SCALARS = (str, int, float, bool, type(None))
+# orjson writes integers in this range; others travel as strings.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 
 class RemoteException(Exception):
@@ -52,11 +55,16 @@ def encode(value: Any, path: str = "value") -> Any:
     Raises:
         EncodeError: naming the path to a value that cannot be encoded.
     """
-    if isinstance(value, _SCALARS):
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
         return value
-    if type(value) is list:
+    if kind is int:
+        return value if _INT_MIN <= value <= _INT_MAX else {"$int": str(value)}
+    if kind is float:
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if kind is list:
         return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
-    if type(value) is dict:
+    if kind is dict:
         return _encode_dict(value, path)
     encoder = _ENCODERS.get(type(value))
     if encoder is not None:
@@ -75,6 +83,8 @@ def _encode_dict(value: dict[Any, Any], path: str) -> Any:
 
 
 def _encode_other(value: Any, path: str) -> Any:
+    if isinstance(value, _SCALARS):  # subclasses: str enums, int flags, ...
+        return encode(_plain_scalar(value), path)
     if value is SKIPPED:
         return {"$skipped": True}
     if isinstance(value, Error):
@@ -98,6 +108,16 @@ def _encode_other(value: Any, path: str) -> Any:
         f"Decimals and pydantic models; convert the value to one of these.",
         path=path,
     )
+
+
+def _plain_scalar(value: Any) -> Any:
+    # str.__str__, not str(): a str-mixin Enum's str() is "Color.RED".
+    if isinstance(value, str):
+        return str.__str__(value)
+    for kind in (bool, int, float):
+        if isinstance(value, kind):
+            return kind(value)
+    return value
 
 
 def _qualname(kind: type) -> str:
@@ -155,6 +175,8 @@ def _hashable(key: Any) -> Any:
 
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "$tuple": lambda p: tuple(decode(x) for x in p),
+    "$int": int,
+    "$float": float,
     "$datetime": datetime.datetime.fromisoformat,
     "$date": datetime.date.fromisoformat,
     "$time": datetime.time.fromisoformat,

@@ -65,9 +65,9 @@ def unpack(raw: bytes) -> tuple[dict[str, Any], bytes]:
     Raises:
         DecodeError: for anything that is not a well-formed envelope.
     """
-    if not isinstance(raw, bytes):
+    if type(raw) is not bytes:
         raw = bytes(raw)
-    if raw[:_PREFIX_LEN] != _PREFIX:
+    if not raw.startswith(_PREFIX):
         raise DecodeError(_describe_foreign(raw))
     end = raw.find(b"\n", _PREFIX_LEN)
     if end < 0:

@@ -32,7 +32,6 @@ from ._deadletters import DeadLetterStore, backend_for
 from ._pipeline import (
     Newer,
     Reader,
-    Ready,
     Rejected,
     Retired,
     RetiredMessage,
@@ -220,8 +219,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             except ValueError as exc:
                 del self.schema.specs[logical]
                 raise SchemaError(
-                    f"Task {logical!r} version {version} cannot be registered with Huey: "
-                    f"{exc}",
+                    f"Task {logical!r} version {version} cannot be registered with Huey: {exc}",
                     task=logical,
                 ) from None
             except Exception:
@@ -324,11 +322,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
     def _replay(self, raw: bytes) -> Any:
         outcome = self._reader.read(raw)
-        if isinstance(outcome, Ready):
-            return self.enqueue(outcome.task)
-        if isinstance(outcome, Retired) and self.schema.tombstones[outcome.tombstone].handler:
+        if isinstance(outcome, Task):
+            return self.enqueue(outcome)
+        if isinstance(outcome, Retired) and self._has_handler(outcome):
+            # The worker hands it to the tombstone handler; no task, no result.
             self.storage.enqueue(raw, outcome.priority)
-            return Result(self, Task(id=outcome.message.id)) if self.results else None
+            return None
         raise _rejection(outcome)
 
     def _dead_letter(
@@ -426,9 +425,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             MessageRejected: the message cannot run (with the reason).
         """
         outcome = self._reader.read(data)
-        if isinstance(outcome, Ready):
-            return outcome.task
-        raise _rejection(outcome)
+        if isinstance(outcome, Task):
+            return outcome
+        handler = isinstance(outcome, Retired) and self._has_handler(outcome)
+        raise _rejection(outcome, has_handler=handler)
+
+    def _has_handler(self, retired: Retired) -> bool:
+        return self.schema.tombstones[retired.tombstone].handler is not None
 
     def dequeue(self) -> Task | None:
         """Pop the next runnable task; bad messages are dead-lettered on the way.
@@ -461,14 +464,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         tasks = []
         for raw in messages:
             outcome = self._reader.read(raw)
-            if isinstance(outcome, Ready):
-                tasks.append(outcome.task)
+            if isinstance(outcome, Task):
+                tasks.append(outcome)
         return tasks
 
     def _accept(self, raw: bytes, *, from_schedule: bool) -> Task | None:
         outcome = self._reader.read(raw)
-        if isinstance(outcome, Ready):
-            return outcome.task
+        if isinstance(outcome, Task):
+            return outcome
         if isinstance(outcome, Newer):
             self._defer(raw, outcome)
         elif isinstance(outcome, Retired):
@@ -554,7 +557,7 @@ def _check_serializer(
     return serializer
 
 
-def _rejection(outcome: Any) -> MessageRejected:
+def _rejection(outcome: Any, *, has_handler: bool = False) -> MessageRejected:
     if isinstance(outcome, Rejected):
         return MessageRejected(
             reason=outcome.reason,
@@ -571,11 +574,15 @@ def _rejection(outcome: Any) -> MessageRejected:
             f"deploy the newer code first.",
         )
     message = outcome.message
+    if has_handler:
+        error = (
+            f"Task {message.task!r} is retired (tombstoned); its message goes to the "
+            f"tombstone handler of {outcome.tombstone!r} in the worker, not to a task."
+        )
+    else:
+        error = f"Task {message.task!r} is retired (tombstoned) and has no handler."
     return MessageRejected(
-        reason="retired",
-        task=message.task,
-        version=message.version,
-        error=f"Task {message.task!r} is retired (tombstoned) and has no handler.",
+        reason="retired", task=message.task, version=message.version, error=error
     )
 
 

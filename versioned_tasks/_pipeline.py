@@ -22,7 +22,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeAlias
 
 import orjson
 from huey.api import Task
@@ -39,7 +39,6 @@ __all__ = [
     "REASONS",
     "Newer",
     "Reader",
-    "Ready",
     "Rejected",
     "Retired",
     "RetiredMessage",
@@ -68,13 +67,6 @@ Frame = Callable[[bytes, bytes], bytes]
 
 
 # -- outcomes -----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Ready:
-    """The message became a task that can run."""
-
-    task: Task
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +117,8 @@ class Retired:
     priority: Any
 
 
-Outcome = Ready | Rejected | Newer | Retired
+#: What the read pipeline makes of a message: a runnable Huey Task, or why not.
+Outcome: TypeAlias = "Task | Rejected | Newer | Retired"
 
 
 class _Reject(Exception):
@@ -160,7 +153,14 @@ class Reader:
     def read(self, raw: bytes) -> Outcome:
         """Run the whole pipeline on one stored message; never raises for bad bytes."""
         try:
-            return self._read(raw)
+            header, body = self.unpack(raw)
+            if header.keys() <= _PLAIN_HEADER:
+                task = self._read_plain(header, body)
+                if task is not None:
+                    return task
+            return self._read_general(header, body)
+        except DecodeError as exc:
+            return Rejected(_reason_of(exc), None, None, str(exc))
         except Exception as exc:
             # A safety net: bytes built to hit a corner no stage foresaw (say,
             # nesting deep enough to exhaust the recursion limit) must still end
@@ -170,15 +170,7 @@ class Reader:
                 "undecodable", None, None, f"Unreadable message ({type(exc).__name__}: {exc})"
             )
 
-    def _read(self, raw: bytes) -> Outcome:
-        try:
-            header, body = self.unpack(raw)
-        except DecodeError as exc:
-            return Rejected(_reason_of(exc), None, None, str(exc))
-        if header.keys() <= _PLAIN_HEADER:
-            task = self._read_current(header, body)
-            if task is not None:
-                return Ready(task)
+    def _read_general(self, header: dict[str, Any], body: bytes) -> Outcome:
         name, version = _identity(header)
         if name is None:
             return Rejected("undecodable", None, None, _identity_error(header))
@@ -195,25 +187,35 @@ class Reader:
                 _priority(header),
             )
 
-    def _read_current(self, header: dict[str, Any], body: bytes) -> Task | None:
-        """The hot path: a current-version message with no scheduling fields.
+    def _read_plain(self, header: dict[str, Any], body: bytes) -> Task | None:
+        """The hot path: named fields, no scheduling fields, no callbacks.
 
         Returns None whenever anything is unusual; the full pipeline then runs
         and names the reason.
         """
-        spec = self.registry.specs.get(header.get("task"))  # type: ignore[arg-type]
+        registry = self.registry
+        name = header.get("task")
+        spec = registry.specs.get(name)  # type: ignore[arg-type]
         version, ident = header.get("v"), header.get("id")
         if (
             spec is None
             or type(version) is not int
-            or version != spec.version
             or type(ident) is not str
             or header.get("kind") != _envelope.KIND_TASK
+            # Before the schema check, a declared name may also be renamed or
+            # retired: leave that to the full pipeline.
+            or name in registry.renames
+            or name in registry.tombstones
         ):
             return None
         try:
-            value = spec.validator.validate_json(body)
-        except ValidationError:
+            if version == spec.version:
+                value = spec.validator.validate_json(body)
+            elif 1 <= version < spec.version:
+                value = self._upcast_fast(spec, version, body)
+            else:
+                return None
+        except Exception:
             return None
         args, kwargs = ((value,), {}) if spec.model is not None else ((), value)
         # Absent retries/delays decode as 0, not None: see _build_task.
@@ -221,8 +223,19 @@ class Reader:
             args, kwargs, ident, None, 0, 0, None, None, None, None, None, None, None, 0
         )
         at = header.get("at")
-        task._vt_wire = (version, None, at if type(at) in _NUMBER else None)
+        task._vt_wire = (spec.version, None, at if type(at) in _NUMBER else None)
         return task
+
+    def _upcast_fast(self, spec: TaskSpec, version: int, body: bytes) -> Any:
+        chain = self.registry.chain(spec.name, version, spec.version)
+        if chain is None:
+            raise LookupError(version)
+        payload = orjson.loads(body)
+        for step in chain:
+            payload = step(payload)
+            if type(payload) is not dict:
+                raise TypeError(payload)
+        return spec.validator.validate_json(orjson.dumps(payload))
 
     def _read_task(
         self, name: str, version: int | None, header: dict[str, Any], body: bytes
@@ -241,7 +254,7 @@ class Reader:
         task = _build_task(task_class, args, kwargs, header, self._nested_tasks(header, "$"))
         if spec is not None:
             _mark(task, spec.version, spec.params, header)
-        return Ready(task)
+        return task
 
     def _plain_class(self, resolved: str, name: str) -> type[Task]:
         task_class = self.plain_task(resolved)
@@ -524,10 +537,14 @@ def _datetime(value: Any, key: str) -> datetime.datetime | None:
         return None
     if type(value) is str:
         try:
-            return datetime.datetime.fromisoformat(value)
+            parsed = datetime.datetime.fromisoformat(value)
         except ValueError:
             pass
-    raise _Reject("undecodable", f"Envelope field {key!r} is not an ISO 8601 datetime.")
+        else:
+            # Huey keeps naive datetimes and compares them with naive ones.
+            if parsed.tzinfo is None:
+                return parsed
+    raise _Reject("undecodable", f"Envelope field {key!r} is not a naive ISO 8601 datetime.")
 
 
 def _expires(value: Any) -> Any:
@@ -592,19 +609,8 @@ class Writer:
             scheduling_fields(task, fields, "message", self._nested)
             extra = b"," + orjson.dumps(fields)[1:-1]
         at = wire[2] if wire is not None and wire[2] is not None else time.time()
-        header = b"".join(
-            (
-                head,
-                b',"id":',
-                orjson.dumps(task.id),
-                b',"at":',
-                repr(at).encode(),
-                self._tail,
-                extra,
-                b"}",
-            )
-        )
-        return self.frame(header, body)
+        ident = orjson.dumps({"id": task.id, "at": at})
+        return self.frame(b"%s,%s%s%s}" % (head, ident[1:-1], self._tail, extra), body)
 
     def _head(self, spec: TaskSpec) -> bytes:
         head = _OPEN_TASK + orjson.dumps({"task": spec.name, "v": spec.version})[1:-1]

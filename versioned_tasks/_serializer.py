@@ -38,17 +38,12 @@ class VersionedSerializer(Serializer):  # type: ignore[misc]
         """Frame a header and a JSON body into envelope bytes."""
         return _envelope.pack(header, body)
 
-    def frame(self, header: bytes, body: bytes) -> bytes:
-        """Frame header JSON bytes and body JSON bytes into envelope bytes."""
-        return _envelope.frame(header, body)
+    #: Frame header JSON bytes and body JSON bytes into envelope bytes.
+    frame = staticmethod(_envelope.frame)
 
-    def unpack(self, raw: bytes) -> tuple[dict[str, Any], bytes]:
-        """Split envelope bytes into the parsed header and the body bytes.
-
-        Raises:
-            DecodeError: the bytes are not a well-formed envelope.
-        """
-        return _envelope.unpack(raw)
+    #: Split envelope bytes into the parsed header and the body bytes; raises
+    #: DecodeError for anything that is not a well-formed envelope.
+    unpack = staticmethod(_envelope.unpack)
 
     # -- Huey's serializer interface ------------------------------------------
 

@@ -1,0 +1,500 @@
+"""The ``versioned-tasks`` command: the demo, and the dead-letter store of an app.
+
+::
+
+    versioned-tasks demo [--dir PATH] [--keep]
+    versioned-tasks dlq list    --app module.attr [--limit N] [--reason R] [--json]
+    versioned-tasks dlq show    ID --app module.attr [--json]
+    versioned-tasks dlq replay  (ID | --all [--reason R]) --app module.attr [--dry-run]
+    versioned-tasks dlq purge   --app module.attr [--yes]
+
+``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
+or ``package.module:attribute``; the current directory is importable.
+
+Exit codes: 0 when all went well, 1 when problems were found (a replay that
+still fails, a declined purge), 2 when the command could not run (an app that
+does not import, an unknown id, a bad option).
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import importlib
+import json
+import os
+import sqlite3
+import sys
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+from rich.console import Console, Group
+from rich.json import JSON
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from . import _demo
+from ._deadletters import DeadLetter
+from ._huey import VersionedHuey
+from ._pipeline import REASONS
+from ._serializer import VersionedSerializer
+from ._version import __version__
+from .exceptions import (
+    DeadLetterNotFound,
+    DecodeError,
+    MessageRejected,
+    ReplayFailed,
+    VersionedTaskError,
+)
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_PROBLEMS = 1
+EXIT_CANNOT_RUN = 2
+
+_PREVIEW_BYTES = 256
+_HEX_BYTES = 64
+_PIPED_WIDTH = 120
+
+
+class CannotRun(click.ClickException):
+    """The command could not do its job: one line on stderr, exit code 2."""
+
+    exit_code = EXIT_CANNOT_RUN
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.split("\n")))
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [sqlite3.Error, OSError]
+    try:
+        from redis.exceptions import RedisError
+    except ImportError:
+        pass
+    else:
+        errors.append(RedisError)
+    return tuple(errors)
+
+
+def _console() -> Console:
+    # Created per command so that it writes to the sys.stdout of the moment. Piped
+    # output (CI logs, `| less`) gets room for the tables rather than 80 columns.
+    console = Console(highlight=False)
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = _PIPED_WIDTH
+    return console
+
+
+def _line(console: Console, text: str) -> None:
+    # One line of plain text, never wrapped, never read as markup: greppable.
+    console.print(Text(text), soft_wrap=True)
+
+
+# -- loading the app -------------------------------------------------------------------
+
+
+def load_app(path: str) -> VersionedHuey:
+    """Import ``package.module.attribute`` or ``package.module:attribute``.
+
+    Raises:
+        CannotRun: the path is malformed, does not import, or names no VersionedHuey.
+    """
+    module_name, colon, attribute = path.partition(":")
+    if not colon:
+        module_name, _, attribute = path.rpartition(".")
+    if not module_name or not attribute:
+        raise CannotRun(
+            f"--app {path!r} is not a 'package.module.attribute' or "
+            f"'package.module:attribute' path."
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        target: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise CannotRun(
+            f"Could not import module {module_name!r} for --app {path!r}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise CannotRun(
+                f"Module {module_name!r} has no attribute {attribute!r} (--app {path!r})."
+            ) from None
+    if not isinstance(target, VersionedHuey):
+        what = (
+            f"the class {target.__name__}"
+            if isinstance(target, type)
+            else f"a {type(target).__name__}"
+        )
+        raise CannotRun(
+            f"--app {path!r} is {what}, not a VersionedHuey instance; point it at the "
+            f"app, e.g. 'myproject.tasks:huey'."
+        )
+    return target
+
+
+def _app_option(func: F) -> F:
+    return click.option(
+        "--app",
+        "app_path",
+        required=True,
+        metavar="MODULE.ATTR",
+        help="The VersionedHuey app: 'package.module.attribute' or 'package.module:attribute'.",
+    )(func)
+
+
+def _handles_errors(func: F) -> F:
+    errors = _storage_errors()
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VersionedTaskError as exc:
+            raise CannotRun(str(exc)) from None
+        except errors as exc:
+            raise CannotRun(f"{type(exc).__name__}: {exc}") from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+# -- the command group -------------------------------------------------------------------
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="versioned-tasks")
+def main() -> None:
+    """Typed, versioned Huey tasks: the demo, and tools for the dead-letter store."""
+
+
+@main.command(short_help="Run the end-to-end story on a SQLite queue.")
+@click.option(
+    "--dir",
+    "directory",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the demo's SQLite file (default: a temporary directory).",
+)
+@click.option("--keep", is_flag=True, help="Keep the SQLite file afterwards.")
+def demo(directory: Path | None, keep: bool) -> None:
+    """Tell the story: old messages upcast, renamed, retired or dead-lettered, then replayed."""
+    code = _demo.run(_console(), directory=directory, keep=keep)
+    sys.exit(code)
+
+
+@main.group()
+def dlq() -> None:
+    """Inspect, replay and purge an app's dead-letter store."""
+
+
+# -- dlq list ------------------------------------------------------------------------------
+
+
+@dlq.command("list")
+@_app_option
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most N entries.")
+@click.option("--reason", type=click.Choice(REASONS), help="Only entries with this reason.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@_handles_errors
+def list_command(app_path: str, limit: int | None, reason: str | None, as_json: bool) -> None:
+    """List dead letters, newest first."""
+    app = load_app(app_path)
+    entries = _select(app, reason=reason, limit=limit)
+    if as_json:
+        click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
+        return
+    console = _console()
+    if not entries:
+        _line(console, f"No dead letters{_for_reason(reason)} in queue {app.name!r}.")
+        return
+    console.print(_entries_table(entries, title=f"Dead letters of {app.name!r}"))
+    _line(console, f"{len(entries)} shown of {len(app.dead_letters)} in the store.")
+
+
+def _select(app: VersionedHuey, *, reason: str | None, limit: int | None) -> list[DeadLetter]:
+    store = app.dead_letters
+    if reason is None:
+        return store.list(limit)
+    selected = []
+    for entry in store:
+        if entry.reason == reason:
+            selected.append(entry)
+            if limit is not None and len(selected) >= limit:
+                break
+    return selected
+
+
+def _for_reason(reason: str | None) -> str:
+    return f" with reason {reason!r}" if reason else ""
+
+
+def _entries_table(entries: Iterable[DeadLetter], *, title: str) -> Table:
+    table = Table(title=title, show_lines=True)
+    table.add_column("id / created (UTC)", no_wrap=True, min_width=32)
+    table.add_column("reason", no_wrap=True)
+    table.add_column("task", overflow="fold")
+    table.add_column("error", ratio=1)
+    for entry in entries:
+        version = f" v{entry.version}" if entry.version is not None else ""
+        table.add_row(
+            Text(f"{entry.id}\n{entry.created_at:%Y-%m-%d %H:%M:%S}"),
+            entry.reason,
+            Text(f"{entry.task}{version}" if entry.task else "?"),
+            Text(_shorten(entry.error.split("; ")[0], 160)),
+        )
+    return table
+
+
+def _entry_json(entry: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "reason": entry.reason,
+        "task": entry.task,
+        "version": entry.version,
+        "error": entry.error,
+        "created_at": entry.created_at.isoformat(),
+        "size": len(entry.raw),
+    }
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# -- dlq show ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    header: dict[str, Any] | None
+    body: Any
+    problem: str | None
+
+
+def _decode(raw: bytes) -> _Decoded:
+    # Only the envelope is ever parsed: anything else is shown as bytes.
+    try:
+        header, body = VersionedSerializer().unpack(raw)
+    except DecodeError as exc:
+        return _Decoded(None, None, str(exc))
+    try:
+        return _Decoded(header, orjson.loads(body), None)
+    except orjson.JSONDecodeError as exc:
+        return _Decoded(header, None, f"Envelope body is not valid JSON: {exc}")
+
+
+@dlq.command("show")
+@click.argument("entry_id", metavar="ID")
+@_app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (raw bytes as base64).")
+@_handles_errors
+def show_command(entry_id: str, app_path: str, as_json: bool) -> None:
+    """Show one dead letter in full: header, body and a safe preview of its bytes."""
+    app = load_app(app_path)
+    entry = app.dead_letters.get(entry_id)
+    decoded = _decode(entry.raw)
+    if as_json:
+        data = _entry_json(entry)
+        data.update(
+            header=decoded.header,
+            body=decoded.body,
+            problem=decoded.problem,
+            raw_base64=base64.b64encode(entry.raw).decode("ascii"),
+        )
+        click.echo(json.dumps(data, indent=2))
+        return
+    console = _console()
+    console.print(_entry_summary(entry))
+    if decoded.header is not None:
+        console.print(Panel(JSON.from_data(decoded.header), title="envelope header"))
+    if decoded.body is not None:
+        console.print(Panel(JSON.from_data(decoded.body), title="envelope body"))
+    if decoded.problem is not None:
+        _line(console, f"Not readable as an envelope: {decoded.problem}")
+    console.print(Panel(_raw_preview(entry.raw), title=f"raw bytes ({len(entry.raw)})"))
+    _line(console, f"Replay today: {_check(app, entry).text}")
+
+
+def _entry_summary(entry: DeadLetter) -> Table:
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    rows = [
+        ("id", entry.id),
+        ("reason", entry.reason),
+        ("task", entry.task or "?"),
+        ("version", "?" if entry.version is None else str(entry.version)),
+        ("created", entry.created_at.isoformat()),
+        ("error", entry.error),
+    ]
+    for key, value in rows:
+        table.add_row(key, Text(value))
+    return table
+
+
+def _raw_preview(raw: bytes) -> Group:
+    head = raw[:_PREVIEW_BYTES]
+    more = f" ... ({len(raw) - _PREVIEW_BYTES} more bytes)" if len(raw) > _PREVIEW_BYTES else ""
+    lines = [Text(repr(head) + more), Text("")]
+    for offset in range(0, min(len(raw), _HEX_BYTES), 16):
+        chunk = raw[offset : offset + 16]
+        hexes = " ".join(f"{byte:02x}" for byte in chunk)
+        ascii_ = "".join(chr(byte) if 32 <= byte < 127 else "." for byte in chunk)
+        lines.append(Text(f"{offset:08x}  {hexes:<47}  {ascii_}"))
+    if len(raw) > _HEX_BYTES:
+        lines.append(Text("..."))
+    return Group(*lines)
+
+
+# -- dlq replay ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    ok: bool
+    text: str
+
+
+def _check(app: VersionedHuey, entry: DeadLetter) -> _Verdict:
+    """What a replay would do now, without enqueueing or changing anything."""
+    try:
+        task = app.deserialize_task(entry.raw)
+    except MessageRejected as exc:
+        if exc.reason == "retired" and _has_tombstone_handler(app, exc.task):
+            return _Verdict(True, f"would go to the tombstone handler of {exc.task!r}")
+        return _Verdict(False, f"would fail again ({exc.reason}): {exc.error}")
+    return _Verdict(True, f"would run as {_describe_task(entry, task)}")
+
+
+def _has_tombstone_handler(app: VersionedHuey, task: str | None) -> bool:
+    if task is None:
+        return False
+    tomb = app.schema.tombstones.get(app.schema.resolve(task))
+    return tomb is not None and tomb.handler is not None
+
+
+def _describe_task(entry: DeadLetter, task: Any) -> str:
+    spec = getattr(type(task), "_vt_spec", None)
+    if spec is None:  # a plain @huey.task(): its registry key is its name on the wire
+        name, version = f"{type(task).__module__}.{type(task).__name__}", None
+    else:
+        name, version = spec.name, spec.version
+    steps = [f"{name} v{version}" if version is not None else name]
+    if entry.task is not None and entry.task != name:
+        steps.append(f"renamed from {entry.task}")
+    if version is not None and entry.version is not None and entry.version < version:
+        steps.append(f"upcast {entry.version}->{version}")
+    arguments = ", ".join(
+        [*(repr(a) for a in task.args), *(f"{k}={v!r}" for k, v in task.kwargs.items())]
+    )
+    return f"{', '.join(steps)} with ({_shorten(arguments, 200)})"
+
+
+@dlq.command("replay")
+@click.argument("entry_id", metavar="[ID]", required=False)
+@_app_option
+@click.option("--all", "replay_all", is_flag=True, help="Replay every entry, oldest first.")
+@click.option(
+    "--reason", type=click.Choice(REASONS), help="With --all: only entries with this reason."
+)
+@click.option("--dry-run", is_flag=True, help="Only report what would happen; change nothing.")
+@_handles_errors
+def replay_command(
+    entry_id: str | None, app_path: str, replay_all: bool, reason: str | None, dry_run: bool
+) -> None:
+    """Run dead letters through today's pipeline and enqueue the ones that now work.
+
+    An entry that still fails keeps its id and gets the new reason; the exit
+    code is then 1.
+    """
+    if (entry_id is None) == (not replay_all):
+        raise click.UsageError("Give either a dead-letter ID or --all.")
+    if reason is not None and not replay_all:
+        raise click.UsageError("--reason only applies with --all.")
+    app = load_app(app_path)
+    app.check_schemas()
+    if entry_id is not None:
+        entries = [app.dead_letters.get(entry_id)]
+    else:
+        # Oldest first, so that the replayed messages keep their order on the queue.
+        entries = _select(app, reason=reason, limit=None)[::-1]
+    console = _console()
+    if not entries:
+        _line(console, f"No dead letters{_for_reason(reason)} to replay.")
+        return
+    replay = _dry_replay if dry_run else _replay
+    failed = sum(not replay(console, app, entry) for entry in entries)
+    if replay_all or dry_run:
+        _line(console, _summary(len(entries), failed, dry_run=dry_run))
+    if failed:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _dry_replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
+    verdict = _check(app, entry)
+    _line(console, f"{entry.id} ({_identity(entry)}): {verdict.text}")
+    return verdict.ok
+
+
+def _replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
+    try:
+        result = app.dead_letters.replay(entry.id)
+    except DeadLetterNotFound:
+        _line(console, f"{entry.id} ({_identity(entry)}): no longer in the store; skipped.")
+        return True
+    except ReplayFailed as exc:
+        _line(
+            console, f"{entry.id} ({_identity(entry)}): failed again ({exc.reason}): {exc.error}"
+        )
+        return False
+    enqueued = f"enqueued as task {result.id}" if result is not None else "enqueued"
+    _line(console, f"{entry.id} ({_identity(entry)}): replayed, {enqueued}.")
+    return True
+
+
+def _identity(entry: DeadLetter) -> str:
+    version = f" v{entry.version}" if entry.version is not None else ""
+    return f"{entry.task or 'unreadable'}{version}, was {entry.reason}"
+
+
+def _summary(total: int, failed: int, *, dry_run: bool) -> str:
+    if dry_run:
+        return (
+            f"Dry run: {total - failed} of {total} would be replayed, {failed} would fail; "
+            f"nothing was changed."
+        )
+    return f"Replayed {total - failed} of {total}; {failed} still fail and were kept."
+
+
+# -- dlq purge -----------------------------------------------------------------------------
+
+
+@dlq.command("purge")
+@_app_option
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@_handles_errors
+def purge_command(app_path: str, yes: bool) -> None:
+    """Delete every dead letter of the app's queue."""
+    app = load_app(app_path)
+    count = len(app.dead_letters)
+    if count == 0:
+        click.echo(f"No dead letters in queue {app.name!r}.")
+        return
+    if not yes and not click.confirm(
+        f"Delete all {count} dead letters of queue {app.name!r}? Their bytes are lost."
+    ):
+        click.echo("Nothing was deleted.")
+        sys.exit(EXIT_PROBLEMS)
+    removed = app.dead_letters.purge()
+    click.echo(f"Deleted {removed} dead letters from queue {app.name!r}.")
