@@ -1,6 +1,4 @@
-"""Hypothesis strategies for values, envelopes and byte-level damage.
-
-Used by the envelope and schema tests:
+"""Hypothesis strategies for values, envelopes, byte-level damage and upcaster chains.
 
 - ``json_values``: what a JSON document can hold (no NaN, 64-bit integers).
 - ``codec_values``: everything the value codec promises to bring back as it
@@ -9,6 +7,8 @@ Used by the envelope and schema tests:
 - ``mutated_envelopes(valid)``: a valid envelope damaged in one or more ways
   (bytes flipped, inserted, deleted, truncated; header values replaced,
   dropped or retyped; version numbers changed) or plain arbitrary bytes.
+- ``chains()``: the fields of a task at version 1 and a list of steps, each
+  adding or renaming one field (the upcaster from version k is step k).
 """
 
 from __future__ import annotations
@@ -21,11 +21,14 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-
 __all__ = [
     "FIXED_OFFSETS",
     "HEADER_KEYS",
     "INT64",
+    "SCHEDULING_VALUES",
+    "TAG_LIKE_KEYS",
+    "Step",
+    "chains",
     "codec_values",
     "datetimes",
     "frame",
@@ -287,7 +290,18 @@ def _byte_mutation(draw: st.DrawFn) -> Mutation:
 def _header_mutation(draw: st.DrawFn, task_names: Sequence[str]) -> Mutation:
     kind = draw(
         st.sampled_from(
-            ["set", "drop", "retype", "version", "version", "task", "task", "nested", "edge", "edge"]
+            [
+                "set",
+                "drop",
+                "retype",
+                "version",
+                "version",
+                "task",
+                "task",
+                "nested",
+                "edge",
+                "edge",
+            ]
         )
     )
     edge_key = draw(st.sampled_from(sorted(SCHEDULING_VALUES)))
@@ -419,3 +433,30 @@ def mutated_envelopes(
 
     arbitrary = st.binary(max_size=64) | st.binary(max_size=32).map(lambda b: b"VTE1" + b)
     return st.one_of(damaged(), damaged(), retargeted(), edged(), valid, arbitrary)
+
+
+# -- upcaster chains ---------------------------------------------------------------
+
+Step = tuple[str, str, Any]  # ("add", field, value) | ("rename", old, new)
+
+
+@st.composite
+def chains(draw: st.DrawFn) -> tuple[dict[str, Any], list[Step]]:
+    """Start fields (at v1) and a list of steps, each adding or renaming a field."""
+    counter = iter(range(1000))
+    start = {
+        f"f{next(counter)}": draw(st.integers(-100, 100)) for _ in range(draw(st.integers(1, 3)))
+    }
+    fields = list(start)
+    steps: list[Step] = []
+    for _ in range(draw(st.integers(1, 6))):
+        if fields and draw(st.booleans()):
+            old = draw(st.sampled_from(fields))
+            new = f"f{next(counter)}"
+            fields[fields.index(old)] = new
+            steps.append(("rename", old, new))
+        else:
+            new = f"f{next(counter)}"
+            fields.append(new)
+            steps.append(("add", new, draw(st.integers(-100, 100) | st.text(max_size=5))))
+    return start, steps

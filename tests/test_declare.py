@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import enum
 import json
+import math
 import re
 import uuid
 from collections.abc import Iterator
@@ -247,6 +248,41 @@ def test_default_logical_name_is_module_and_function(make_huey: MakeHuey) -> Non
     nameless(1)
     header, _ = header_and_body(only_message(huey))
     assert header["task"] == f"{nameless.func.__module__}.nameless"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_float_accepted_at_enqueue_reaches_the_function(
+    make_huey: MakeHuey, value: float
+) -> None:
+    """NaN and infinities are either refused at enqueue or arrive as they were sent."""
+    huey = make_huey()
+    seen: list[float] = []
+
+    @huey.versioned_task(version=1, name="calc.ratio")
+    def ratio(x: float) -> None:
+        seen.append(x)
+
+    try:
+        ratio(value)
+    except InvalidArguments:
+        assert huey.pending_count() == 0
+        return
+    run_next(huey)
+    assert len(huey.dead_letters) == 0
+    assert repr(seen) == repr([value])
+
+
+def test_integers_beyond_64_bits_reach_the_function_and_the_result(make_huey: MakeHuey) -> None:
+    """A big int argument and a big int result survive the envelope."""
+    huey = make_huey()
+
+    @huey.versioned_task(version=1, name="calc.big")
+    def big(n: int) -> int:
+        return n * 2
+
+    result = big(2**70)
+    run_next(huey)
+    assert result.get() == 2**71
 
 
 # -- args_model= ------------------------------------------------------------------

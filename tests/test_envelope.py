@@ -10,8 +10,8 @@ import math
 import pickle
 import re
 import uuid
+import weakref
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,6 @@ from versioned_tasks import (
     VersionedHuey,
     VersionedMemoryHuey,
     VersionedSerializer,
-    VersionedSqliteHuey,
 )
 
 # -- layout ------------------------------------------------------------------------------
@@ -121,7 +120,9 @@ def plain_huey(request: pytest.FixtureRequest, tmp_path: Path) -> Huey:
     """A plain huey.Huey (not a VersionedHuey) using VersionedSerializer."""
     if request.param == "memory":
         return MemoryHuey("plain", serializer=VersionedSerializer())
-    return SqliteHuey("plain", filename=str(tmp_path / "plain.db"), serializer=VersionedSerializer())
+    return SqliteHuey(
+        "plain", filename=str(tmp_path / "plain.db"), serializer=VersionedSerializer()
+    )
 
 
 def test_plain_huey_runs_tasks_and_keeps_result_types(plain_huey: Huey) -> None:
@@ -308,7 +309,7 @@ def test_an_unencodable_value_raises_encode_error_with_its_path() -> None:
 
 @pytest.mark.parametrize("value", [2**64, -(2**63) - 1, [1, {"big": 10**30}]])
 def test_integers_beyond_64_bits_round_trip_or_raise_encode_error(value: Any) -> None:
-    """An integer JSON cannot hold either survives or raises EncodeError, never a bare TypeError."""
+    """A too-big integer survives or raises EncodeError, never a bare TypeError."""
     serializer = VersionedSerializer()
     try:
         raw = serializer.serialize(value)
@@ -401,7 +402,8 @@ class Fuzz:
     """An app with versioned, plain, renamed and retired tasks, and what it saw."""
 
     huey: VersionedHuey
-    plain_name: str
+    send: Any = None
+    plain: Any = None
     handled: list[RetiredMessage] = field(default_factory=list)
 
     def reset(self) -> None:
@@ -430,14 +432,12 @@ def build_fuzz_app(huey: VersionedHuey) -> Fuzz:
 
     huey.rename("fuzz.old_send", "fuzz.send")
     huey.tombstone("fuzz.retired")
-    fuzz = Fuzz(huey, f"{plain.task_class.__module__}.{plain.task_class.__name__}")
+    fuzz = Fuzz(huey, send, plain)
 
     @huey.tombstone("fuzz.handled")
     def handle(retired: RetiredMessage) -> None:
         fuzz.handled.append(retired)
 
-    fuzz.send = send  # type: ignore[attr-defined]
-    fuzz.plain = plain  # type: ignore[attr-defined]
     huey.check_schemas()
     return fuzz
 
@@ -455,7 +455,7 @@ def encoder() -> Fuzz:
 def valid_envelopes(draw: st.DrawFn) -> bytes:
     """Real envelopes: versioned calls with options, pipelines, error handlers, chords, plain."""
     fuzz = encoder()
-    huey, send, plain = fuzz.huey, fuzz.send, fuzz.plain  # type: ignore[attr-defined]
+    huey, send, plain = fuzz.huey, fuzz.send, fuzz.plain
     huey.storage.flush_queue()
     kwargs = {
         "a": draw(st.integers(-(2**31), 2**31)),
@@ -509,7 +509,15 @@ def check_one_message(fuzz: Fuzz, raw: bytes) -> None:
     entries = huey.dead_letters.list()
     scheduled = [bytes(item) for item in huey.storage.scheduled_items()]
 
-    event("task" if task is not None else entries[0].reason if entries else "kept")
+    event(
+        "task"
+        if task is not None
+        else entries[0].reason
+        if entries
+        else "deferred"
+        if scheduled
+        else "tombstone handler"
+    )
     if task is not None:
         assert entries == []
         assert scheduled == []
@@ -584,6 +592,50 @@ def test_a_task_name_that_is_not_a_string_is_named_as_the_problem(name: Any) -> 
     assert "lacks a valid task name" in entry.error
 
 
+@pytest.mark.parametrize("ident", [0, "", None, 1.5, True, ["x"], 7, "custom-id"])
+def test_a_task_id_on_the_wire_is_kept_or_the_message_refused(ident: Any) -> None:
+    """The id a message carries is the id it runs under, or the message is dead-lettered.
+
+    Huey replaces a falsy id with a fresh random one, so listing and dequeuing the
+    same bytes would disagree, and the result would land under an unknown id.
+    """
+    fuzz = memory_fuzz()
+    fuzz.reset()
+    raw = _send_envelope(id=ident)
+    fuzz.huey.storage.enqueue(raw)
+    listed = fuzz.huey.pending()
+    task = fuzz.huey.dequeue()
+    if task is None:
+        (entry,) = fuzz.huey.dead_letters
+        assert (entry.reason, entry.raw) == ("undecodable", raw)
+        assert listed == []
+        return
+    assert task.id == ident
+    assert [t.id for t in listed] == [ident]
+
+
+def test_a_retired_message_with_a_priority_read_from_the_schedule_is_kept(
+    make_huey: MakeHuey,
+) -> None:
+    """The scheduler hands a handled tombstone's message to the worker, priority or not.
+
+    On a storage without priorities (plain Redis) the header's priority must not
+    make read_schedule() raise after the storage already removed the message.
+    """
+    fuzz = fuzz_on(make_huey)
+    fuzz.reset()
+    huey = fuzz.huey
+    raw = _send_envelope(task="fuzz.handled", priority=5)
+    huey.storage.add_to_schedule(raw, datetime.datetime(2000, 1, 1))
+    assert huey.read_schedule(datetime.datetime(2001, 1, 1)) == []
+    queued = [bytes(item) for item in huey.storage.enqueued_items()]
+    entries = huey.dead_letters.list()
+    assert (queued, [e.raw for e in entries]) in (([raw], []), ([], [raw]))
+    if queued:
+        assert huey.dequeue() is None
+        assert [m.task for m in fuzz.handled] == ["fuzz.handled"]
+
+
 @functools.cache
 def memory_fuzz() -> Fuzz:
     return build_fuzz_app(VersionedMemoryHuey("fuzz-memory"))
@@ -598,28 +650,37 @@ def memory_fuzz() -> Fuzz:
 @example(raw=AWARE_ETA)
 @example(raw=AWARE_EXPIRES_RESOLVED)
 @example(raw=DICT_TASK_NAME)
+@example(raw=_send_envelope(id=0))
 def test_any_bytes_in_the_queue_become_a_task_or_a_dead_letter(raw: bytes) -> None:
     """dequeue() never raises and never loses a message, whatever the bytes (Memory)."""
     check_one_message(memory_fuzz(), raw)
 
 
-@pytest.fixture(scope="module")
-def sqlite_fuzz(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fuzz]:
-    path = tmp_path_factory.mktemp("fuzz") / "fuzz.db"
-    yield build_fuzz_app(VersionedSqliteHuey("fuzz-sqlite", filename=str(path)))
+_BACKEND_APPS: weakref.WeakKeyDictionary[Any, Fuzz] = weakref.WeakKeyDictionary()
+
+
+def fuzz_on(make_huey: MakeHuey) -> Fuzz:
+    """One fuzz app per test on the backend under test (examples share it)."""
+    if make_huey not in _BACKEND_APPS:
+        _BACKEND_APPS[make_huey] = build_fuzz_app(make_huey())
+    return _BACKEND_APPS[make_huey]
 
 
 @settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(raw=envelopes_under_test)
-def test_any_bytes_in_a_sqlite_queue_become_a_task_or_a_dead_letter(
-    sqlite_fuzz: Fuzz, raw: bytes
+def test_any_bytes_in_any_backend_queue_become_a_task_or_a_dead_letter(
+    make_huey: MakeHuey, raw: bytes
 ) -> None:
-    """dequeue() never raises and never loses a message, whatever the bytes (SQLite)."""
-    check_one_message(sqlite_fuzz, raw)
+    """dequeue() never raises and never loses a message on SQLite and Redis either."""
+    check_one_message(fuzz_on(make_huey), raw)
 
 
 @settings(
@@ -630,7 +691,28 @@ def test_any_bytes_in_a_sqlite_queue_become_a_task_or_a_dead_letter(
 @given(raw=envelopes_under_test)
 def test_any_bytes_on_the_schedule_become_a_task_or_a_dead_letter(raw: bytes) -> None:
     """read_schedule() never raises either; what it cannot run is kept somewhere."""
-    fuzz = memory_fuzz()
+    check_one_scheduled(memory_fuzz(), raw)
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(raw=envelopes_under_test)
+def test_any_bytes_on_any_backend_schedule_become_a_task_or_a_dead_letter(
+    make_huey: MakeHuey, raw: bytes
+) -> None:
+    """read_schedule() never raises and keeps what it cannot run, on every backend."""
+    check_one_scheduled(fuzz_on(make_huey), raw)
+
+
+def check_one_scheduled(fuzz: Fuzz, raw: bytes) -> None:
+    """Put ``raw`` on the schedule, due: read_schedule() returns it or keeps it somewhere."""
     huey = fuzz.huey
     fuzz.reset()
     huey.storage.add_to_schedule(raw, datetime.datetime(2000, 1, 1))
@@ -639,8 +721,9 @@ def test_any_bytes_on_the_schedule_become_a_task_or_a_dead_letter(raw: bytes) ->
     queued = [bytes(item) for item in huey.storage.enqueued_items()]
     rescheduled = [bytes(item) for item in huey.storage.scheduled_items()]
     outcomes = [len(due) == 1, len(entries) == 1, queued == [raw], rescheduled == [raw]]
-    event(["task", "dead letter", "to the worker", "deferred"][outcomes.index(True)])
     assert outcomes.count(True) == 1, (raw, due, entries, queued, rescheduled)
+    event(["task", "dead letter", "to the worker", "deferred"][outcomes.index(True)])
     if entries:
         assert entries[0].reason in REASONS
         assert entries[0].raw == raw
+        assert not entries[0].error.startswith("Unreadable message ("), entries[0].error

@@ -326,7 +326,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             return self.enqueue(outcome)
         if isinstance(outcome, Retired) and self._has_handler(outcome):
             # The worker hands it to the tombstone handler; no task, no result.
-            self.storage.enqueue(raw, outcome.priority)
+            self._requeue(raw, outcome.priority)
             return None
         raise _rejection(outcome)
 
@@ -348,6 +348,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             error,
             entry.id,
         )
+
+    def _requeue(self, raw: bytes, priority: Any) -> None:
+        # Exact bytes back on the queue; a storage without priorities (plain
+        # Redis) refuses one, and the message matters more than its priority.
+        try:
+            self.storage.enqueue(raw, priority)
+        except NotImplementedError:
+            self.storage.enqueue(raw)
 
     def _rescue(self, raw: bytes) -> None:
         # The dead-letter write failed: put the bytes back on the queue, and if
@@ -517,7 +525,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             return
         if from_schedule:
             # The worker, not the scheduler, runs tombstone handlers.
-            self.storage.enqueue(raw, retired.priority)
+            self._requeue(raw, retired.priority)
             return
         try:
             tomb.handler(message)

@@ -195,12 +195,15 @@ class Reader:
         """
         registry = self.registry
         name = header.get("task")
-        spec = registry.specs.get(name)  # type: ignore[arg-type]
+        if type(name) is not str:
+            return None
+        spec = registry.specs.get(name)
         version, ident = header.get("v"), header.get("id")
         if (
             spec is None
             or type(version) is not int
             or type(ident) is not str
+            or not ident
             or header.get("kind") != _envelope.KIND_TASK
             # Before the schema check, a declared name may also be renamed or
             # retired: leave that to the full pipeline.
@@ -480,7 +483,8 @@ def _reason_of(exc: DecodeError) -> str:
 
 def _id(header: Mapping[str, Any]) -> Any:
     value = header.get("id")
-    if type(value) not in (str, int) or value == "":
+    # A falsy id would make Huey's Task() draw a new random one on every read.
+    if type(value) not in (str, int) or not value:
         raise _Reject("undecodable", "Envelope header lacks a task id ('id').")
     return value
 
