@@ -36,6 +36,7 @@ from ._pipeline import (
     Retired,
     RetiredMessage,
     Writer,
+    task_factory,
     wire_info,
 )
 from ._schema import SchemaRegistry, TaskSpec, Upcaster, build_spec
@@ -90,6 +91,7 @@ class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
         self.spec = spec
         super().__init__(huey, func, _vt_spec=spec, **options)
         spec.task_class = self.task_class
+        spec.make_task = task_factory(self.task_class)
 
     def __repr__(self) -> str:
         return f"<VersionedTask {self.spec.name!r} v{self.spec.version}>"

@@ -8,6 +8,7 @@ starts, on the first dequeue or schedule read, and by ``huey.check_schemas()``.
 from __future__ import annotations
 
 import inspect
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -81,10 +82,16 @@ class TaskSpec:
     adapter: TypeAdapter[Any]
     validator: SchemaValidator = field(repr=False)
     serializer: SchemaSerializer = field(repr=False)
+    #: Every field is a plain JSON type (str, int, float, bool, None, and lists
+    #: and str-keyed dicts of those), which orjson writes exactly as pydantic
+    #: would, only faster.
+    plain_json: bool = False
     #: Names positional arguments and fills defaults, as a Python call would.
     binder: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
     #: The Huey task class that runs it; set when the task is registered.
     task_class: Any = field(default=None, repr=False)
+    #: ``make_task(args, kwargs, id, wire)``: builds a plain task of that class.
+    make_task: Any = field(default=None, repr=False)
 
     # -- producer side -------------------------------------------------------
 
@@ -137,6 +144,11 @@ class TaskSpec:
             value = self.validator.validate_python(payload)
         except ValidationError as exc:
             raise self._invalid(exc) from None
+        if self.plain_json:
+            try:
+                return orjson.dumps(value)
+            except orjson.JSONEncodeError:
+                pass  # a lone surrogate, an integer past 64 bits: pydantic decides
         try:
             return self.serializer.to_json(value)
         except PydanticSerializationError as exc:
@@ -162,7 +174,21 @@ class TaskSpec:
 
     def load_payload(self, payload: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Validate a payload that exists as Python data (after upcasting)."""
-        return self.load_json(orjson.dumps(payload))
+        value = self.validate_payload(payload)
+        if self.model is not None:
+            return (value,), {}
+        return (), value
+
+    def validate_payload(self, payload: Any) -> Any:
+        """Validate Python data as if it had been read from JSON.
+
+        Plain JSON fields validate the same in Python mode, which skips a
+        round trip through bytes; anything else (bytes as base64, dates as
+        strings) goes through JSON so it is read exactly as from the wire.
+        """
+        if self.plain_json:
+            return self.validator.validate_python(payload)
+        return self.validator.validate_json(orjson.dumps(payload))
 
     def _binding_error(self, message: str) -> InvalidArguments:
         return InvalidArguments(
@@ -324,7 +350,30 @@ def _spec_from_signature(
         # JSON settings explicitly so bytes travel as base64, as validated.
         serializer=SchemaSerializer(adapter.core_schema, _SERIALIZER_CONFIG),
         binder=_make_binder(signature, context),
+        plain_json=all(_is_plain_json(hint) for hint in _field_types(fields)),
     )
+
+
+def _field_types(fields: dict[str, Any]) -> Iterable[Any]:
+    for wrapped in fields.values():
+        yield typing.get_args(wrapped)[0]  # Required[X] / NotRequired[X] -> X
+
+
+_PLAIN_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _is_plain_json(hint: Any) -> bool:
+    """Whether pydantic's JSON for this annotation is what orjson writes."""
+    if hint in _PLAIN_SCALARS:
+        return True
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is list and len(args) == 1:
+        return _is_plain_json(args[0])
+    if origin is dict and len(args) == 2 and args[0] is str:
+        return _is_plain_json(args[1])
+    if origin in (typing.Union, types.UnionType):
+        return all(_is_plain_json(arg) for arg in args)
+    return False
 
 
 def _make_binder(signature: inspect.Signature, context: bool) -> Callable[..., dict[str, Any]]:
