@@ -159,7 +159,7 @@ def _decode_tag(tag: str, payload: Any) -> Any:
         raise DecodeError(f"Unknown value tag {tag!r}; was it written by a newer release?")
     try:
         return decoder(payload)
-    except (TypeError, ValueError, decimal.InvalidOperation) as exc:
+    except (TypeError, ValueError, OverflowError, decimal.InvalidOperation) as exc:
         raise DecodeError(f"Malformed {tag} value: {exc}") from None
 
 

@@ -109,3 +109,5 @@ def decode_value_body(body: bytes) -> Any:
         return _codec.decode(orjson.loads(body))
     except orjson.JSONDecodeError as exc:
         raise DecodeError(f"Envelope body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        raise DecodeError("Envelope body is nested too deeply to decode.") from None

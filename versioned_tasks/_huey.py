@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar, overload
 
-from huey.api import Huey, Result, Task, TaskWrapper, chord, group
+from huey.api import Huey, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
     MemoryStorage,
@@ -105,6 +105,14 @@ class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
     def logical_name(self) -> str:
         """The stable logical name written on the wire."""
         return self.spec.name
+
+    def map(self, it: Iterable[Any]) -> Any:
+        """Huey's map: enqueue one call per item, but only if every item is valid."""
+        tasks = self._apply(it)
+        for task in tasks:
+            self.huey.serialize_task(task)
+        results = [self.huey.enqueue(task) for task in tasks]
+        return ResultGroup(results) if self.huey.results else None
 
     def call_local(self, *args: Any, **kwargs: Any) -> Any:
         """Run the function here, with arguments validated as the worker would."""
@@ -335,13 +343,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def _dead_letter(
         self, raw: bytes, reason: str, task: str | None, version: int | None, error: str
     ) -> None:
-        try:
-            entry = self.dead_letters.add(
-                reason=reason, raw=raw, task=task, version=version, error=error
-            )
-        except Exception:
-            self._rescue(raw)
-            raise
+        entry = self.dead_letters.add(
+            reason=reason, raw=raw, task=task, version=version, error=error
+        )
         logger.warning(
             "Dead-lettered %s (task %r, version %s): %s [entry %s]",
             reason,
@@ -382,6 +386,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         In immediate mode the message still makes the full envelope round trip.
         """
         if isinstance(task, group | chord):
+            self._validate_members(task)
             return super().enqueue(task)
         if task.expires:
             task.resolve_expires(self.utc)
@@ -398,6 +403,16 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         results = self._pipeline_results(task)
         return results[0] if len(results) == 1 else _result_group(results)
 
+    def _validate_members(self, tasks: Any) -> None:
+        # Every member is written once up front, so that one bad member raises
+        # before any other is stored or fires SIGNAL_ENQUEUED. A chord's
+        # callback is completed at run time and validated then.
+        for member in tasks.tasks:
+            if isinstance(member, group | chord):
+                self._validate_members(member)
+            else:
+                self.serialize_task(member)
+
     def _encode_or_dead_letter(self, task: Task) -> bytes | None:
         try:
             return self.serialize_task(task)
@@ -409,12 +424,17 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raw = self._writer.encode(task, validate=False)
             reason = "upcast_failed" if _is_upcast_error(exc) else "invalid_payload"
             spec = getattr(type(task), "_vt_spec", None)
+            name = spec.name if spec else type(task).__name__
+            version = _wire_version(task, spec)
             self._dead_letter(
                 raw,
                 reason,
-                spec.name if spec else type(task).__name__,
-                _wire_version(task, spec),
-                str(exc),
+                name,
+                version,
+                f"Huey enqueued {name!r} version {version} inside the worker (a pipeline "
+                f"step, on_error handler, chord callback or retry) with arguments that do "
+                f"not fit: {_error_detail(exc)}. Fix the task's signature or the caller, "
+                f"then replay.",
             )
             return None
 
@@ -453,7 +473,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raw = self.storage.dequeue()
             if raw is None:
                 return None
-            task = self._accept(raw, from_schedule=False)
+            try:
+                task = self._accept(raw, from_schedule=False)
+            except Exception:
+                # The dead-letter or schedule write failed: keep the bytes.
+                self._rescue(raw)
+                raise
             if task is not None:
                 return task
 
@@ -464,7 +489,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             timestamp = self._get_timestamp()
         tasks = []
         for raw in self.storage.read_schedule(timestamp):
-            task = self._accept(raw, from_schedule=True)
+            try:
+                task = self._accept(raw, from_schedule=True)
+            except Exception:
+                # The storage already removed the whole batch: keep these bytes
+                # and go on, rather than lose the tasks that are fine.
+                logger.exception("Could not dead-letter or defer a scheduled message.")
+                self._rescue(raw)
+                continue
             if task is not None:
                 tasks.append(task)
         return tasks
@@ -498,8 +530,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 "newer_version",
                 newer.task,
                 newer.version,
-                f"Task {newer.task!r} version {newer.version} is newer than this worker "
-                f"knows (version {newer.known_version}) and was deferred until it was "
+                f"{newer.detail} and was deferred until it was "
                 f"{self.newer_version_max_age:.0f}s old; deploy the newer code and replay.",
             )
             return
@@ -580,8 +611,7 @@ def _rejection(outcome: Any, *, has_handler: bool = False) -> MessageRejected:
             reason="newer_version",
             task=outcome.task,
             version=outcome.version,
-            error=f"this code knows version {outcome.known_version} of {outcome.task!r}; "
-            f"deploy the newer code first.",
+            error=f"{outcome.detail}; deploy the newer code first.",
         )
     message = outcome.message
     if has_handler:
@@ -617,14 +647,22 @@ def _wire_version(task: Task, spec: TaskSpec | None) -> int | None:
     return spec.version if spec is not None else None
 
 
+def _error_detail(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if not errors:
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(map(str, e.get('loc', ()))) or '(arguments)'}: {e.get('msg', 'invalid')}"
+        for e in errors[:5]
+    )
+
+
 def _is_upcast_error(exc: Exception) -> bool:
     errors = getattr(exc, "errors", None) or []
     return any(e.get("type") == "upcast_failed" for e in errors)
 
 
 def _result_group(results: list[Result]) -> Any:
-    from huey.api import ResultGroup
-
     return ResultGroup(results)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from pydantic import ValidationError
 from . import _codec, _envelope
 from ._schema import SchemaRegistry, TaskSpec, bind_positional
 from ._version import __version__
-from .exceptions import DecodeError, InvalidArguments
+from .exceptions import DecodeError, EncodeError, InvalidArguments
 
 __all__ = [
     "REASONS",
@@ -60,6 +61,9 @@ logger = logging.getLogger("versioned_tasks")
 
 PRODUCER: Final = f"versioned_tasks/{__version__}"
 _FORM_POSITIONAL: Final = "positional"
+_MAX_VERSION: Final = 2**31 - 1
+#: Longest retry delay or timeout read from a header: ten years, in seconds.
+_MAX_SECONDS: Final = 10 * 365 * 24 * 3600.0
 _NUMBER: Final = (int, float)
 
 Unpack = Callable[[bytes], tuple[dict[str, Any], bytes]]
@@ -81,13 +85,18 @@ class Rejected:
 
 @dataclass(frozen=True, slots=True)
 class Newer:
-    """The message is newer than this worker knows (a rolling deploy)."""
+    """The message, or one of its callbacks, is newer than this worker knows.
+
+    ``task`` and ``version`` are the message's own; ``detail`` says which part
+    is too new.
+    """
 
     task: str
-    version: int
+    version: int | None
     known_version: int
     enqueued_at: float | None
     priority: Any
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +182,9 @@ class Reader:
     def _read_general(self, header: dict[str, Any], body: bytes) -> Outcome:
         name, version = _identity(header)
         if name is None:
-            return Rejected("undecodable", None, None, _identity_error(header))
+            named = header.get("task")
+            named = named if type(named) is str and named else None
+            return Rejected("undecodable", named, None, _identity_error(header))
         try:
             return self._read_task(name, version, header, body)
         except _Reject as rej:
@@ -181,10 +192,13 @@ class Reader:
         except _Defer as defer:
             return Newer(
                 name,
-                defer.version,
+                version,
                 defer.known,
                 _float_or_none(header.get("at")),
                 _priority(header),
+                f"Task {defer.task!r} version {defer.version}"
+                f"{'' if defer.task == name else f' (a callback of {name!r})'} is newer "
+                f"than this worker knows (version {defer.known})",
             )
 
     def _read_plain(self, header: dict[str, Any], body: bytes) -> Task | None:
@@ -463,7 +477,7 @@ def _identity(header: Mapping[str, Any]) -> tuple[str | None, int | None]:
     version = header.get("v")
     if kind != _envelope.KIND_TASK or type(name) is not str or not name:
         return None, None
-    if version is not None and (type(version) is not int or version < 1):
+    if version is not None and (type(version) is not int or not 1 <= version <= _MAX_VERSION):
         return None, None
     return name, version
 
@@ -507,14 +521,15 @@ def _build_task(
     # with the class default and give a task back retries it had used up.
     retries, delay, backoff = get("retries", 0), get("retry_delay", 0), get("retry_backoff", 0)
     priority, timeout = get("priority"), get("timeout")
-    if (
-        type(retries) is not int
-        or type(delay) not in _NUMBER
-        or type(backoff) not in _NUMBER
-        or (priority is not None and type(priority) not in _NUMBER)
-        or (timeout is not None and type(timeout) not in _NUMBER)
+    if not (
+        type(retries) is int
+        and retries >= 0
+        and _seconds(delay)
+        and _seconds(backoff)
+        and (priority is None or (type(priority) in _NUMBER and math.isfinite(priority)))
+        and (timeout is None or _seconds(timeout))
     ):
-        raise _Reject("undecodable", "Envelope scheduling fields have the wrong types.")
+        raise _Reject("undecodable", "Envelope scheduling fields have the wrong types or ranges.")
     return task_class(
         args,
         kwargs,
@@ -531,6 +546,10 @@ def _build_task(
         nested.get("chord_config"),
         backoff,
     )
+
+
+def _seconds(value: Any) -> bool:
+    return type(value) in _NUMBER and 0 <= value <= _MAX_SECONDS
 
 
 def _datetime(value: Any, key: str) -> datetime.datetime | None:
@@ -635,6 +654,16 @@ class Writer:
             InvalidArguments: the arguments do not fit the task's model.
             EncodeError: a value the envelope cannot carry.
         """
+        try:
+            return self._encode(task, validate)
+        except EncodeError as exc:
+            spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
+            name = spec.name if spec is not None else _registry_key(task)
+            if str(exc).startswith(f"Task {name!r}"):
+                raise
+            raise EncodeError(f"Task {name!r}: {exc}", path=exc.path) from None
+
+    def _encode(self, task: Task, validate: bool) -> bytes:
         spec: TaskSpec | None = getattr(type(task), "_vt_spec", None)
         wire = wire_info(task)
         if spec is not None and validate:

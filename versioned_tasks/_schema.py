@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, Required
 
 import orjson
-from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, SecretBytes, SecretStr, TypeAdapter, ValidationError
 from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializer, SchemaValidator
 from typing_extensions import TypedDict
 
@@ -58,6 +58,7 @@ _ARGS_CONFIG: Final = ConfigDict(
 
 
 _SERIALIZER_CONFIG: Final = CoreConfig(ser_json_bytes="base64")
+_SECRET_TYPES: Final = (SecretStr, SecretBytes)
 
 
 @dataclass(eq=False, slots=True)
@@ -150,7 +151,9 @@ class TaskSpec:
             except orjson.JSONEncodeError:
                 pass  # a lone surrogate, an integer past 64 bits: pydantic decides
         try:
-            return self.serializer.to_json(value)
+            # Aliases and round-trip form (Json fields as strings) are what
+            # validate_json reads back in the worker.
+            return self.serializer.to_json(value, by_alias=True, round_trip=True)
         except PydanticSerializationError as exc:
             raise EncodeError(
                 f"Task {self.name!r} version {self.version}: an argument cannot be written "
@@ -293,6 +296,7 @@ def _spec_from_model(
         )
     for field_name in model.model_fields:
         _refuse_reserved(name, version, field_name)
+    _refuse_lossy(name, version, model, "")
     adapter: TypeAdapter[Any] = TypeAdapter(model)
     return TaskSpec(
         name=name,
@@ -321,6 +325,7 @@ def _spec_from_signature(
             continue
         _check_parameter(name, version, param)
         annotation = hints.get(param.name, Any)
+        _refuse_lossy(name, version, annotation, param.name)
         if param.default is inspect.Parameter.empty:
             fields[param.name] = Required[annotation]
         else:
@@ -438,6 +443,43 @@ def _refuse_reserved(name: str, version: int, field_name: str) -> None:
             f"never reach the task; rename it.",
             task=name,
         )
+
+
+def _refuse_lossy(name: str, version: int, annotation: Any, path: str) -> None:
+    """Refuse types whose JSON does not come back as it went in."""
+    problem = _lossy(annotation, path, set())
+    if problem is not None:
+        where, why = problem
+        raise SchemaError(
+            f"Task {name!r} version {version}: argument {where or '(model)'!r} {why}, so "
+            f"the worker would not get the value the producer sent; change the field.",
+            task=name,
+        )
+
+
+def _lossy(annotation: Any, path: str, seen: set[int]) -> tuple[str, str] | None:
+    if id(annotation) in seen:
+        return None
+    seen.add(id(annotation))
+    if isinstance(annotation, type) and issubclass(annotation, _SECRET_TYPES):
+        return path, (
+            f"is a {annotation.__name__}, which pydantic writes as '**********' "
+            f"(and secrets should not sit in a queue: pass a reference instead)"
+        )
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        for field_name, info in annotation.model_fields.items():
+            where = f"{path}.{field_name}" if path else field_name
+            if info.exclude:
+                return where, "is a field with exclude=True, which is left out of the JSON"
+            found = _lossy(info.annotation, where, seen)
+            if found is not None:
+                return found
+        return None
+    for arg in typing.get_args(annotation):
+        found = _lossy(arg, path, seen)
+        if found is not None:
+            return found
+    return None
 
 
 def _check_default(name: str, version: int, param: str, annotation: Any, default: Any) -> None:
