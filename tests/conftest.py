@@ -1,4 +1,4 @@
-"""Shared fixtures: one parametrized app factory over Memory, SQLite and Redis.
+"""Shared fixtures: one parametrized app factory over Memory, SQLite, Redis and files.
 
 ``make_huey(**options)`` builds a fresh :class:`VersionedHuey` on the current
 backend. Every call within one test shares the same queue (same storage, same
@@ -19,10 +19,16 @@ from typing import Any
 import pytest
 from huey.storage import MemoryStorage
 
-from versioned_tasks import VersionedHuey, VersionedRedisHuey, VersionedSqliteHuey
+from versioned_tasks import (
+    VersionedFileHuey,
+    VersionedHuey,
+    VersionedRedisHuey,
+    VersionedSqliteHuey,
+)
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-BACKENDS = ("memory", "sqlite", "redis")
+BACKENDS = ("memory", "sqlite", "redis", "file")
+
 
 MakeHuey = Callable[..., VersionedHuey]
 
@@ -84,6 +90,8 @@ def make_huey(backend: str, queue_name: str, tmp_path: Path) -> Iterator[MakeHue
             return huey
         if backend == "sqlite":
             return VersionedSqliteHuey(queue_name, filename=str(tmp_path / "queue.db"), **options)
+        if backend == "file":
+            return VersionedFileHuey(queue_name, path=str(tmp_path / "queue"), **options)
         return VersionedRedisHuey(queue_name, url=REDIS_URL, blocking=False, **options)
 
     yield factory

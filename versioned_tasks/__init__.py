@@ -16,6 +16,7 @@ dead-lettered, never lost.
 from ._codec import RemoteException
 from ._deadletters import DeadLetter, DeadLetterStore
 from ._huey import (
+    VersionedFileHuey,
     VersionedHuey,
     VersionedMemoryHuey,
     VersionedPriorityRedisExpireHuey,
@@ -56,6 +57,7 @@ __all__ = [
     "ReplayFailed",
     "RetiredMessage",
     "SchemaError",
+    "VersionedFileHuey",
     "VersionedHuey",
     "VersionedMemoryHuey",
     "VersionedPriorityRedisExpireHuey",

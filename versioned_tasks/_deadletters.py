@@ -1,21 +1,24 @@
 """The dead-letter store: exact bytes of every message that could not run.
 
 It lives in the same backend as the queue (a table in the SQLite database, Redis
-keys under the queue's name, a dict on a MemoryStorage) and never in Huey's
+keys under the queue's name, files beside a FileStorage's queue, a dict on a
+MemoryStorage) and never in Huey's
 result store, whose ``flush_results()`` would wipe it.
 """
 
 from __future__ import annotations
 
 import datetime
+import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
-from huey.storage import MemoryStorage, RedisStorage, SqliteStorage
+from huey.storage import FileStorage, MemoryStorage, RedisStorage, SqliteStorage
 
 from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
 
@@ -386,6 +389,88 @@ class RedisBackend:
         return [self._unpack(row) for row in rows if row is not None]
 
 
+class FileBackend:
+    """One file per entry under ``<path>/deadletters/`` of a FileStorage.
+
+    Names start with a zero-padded nanosecond stamp so that a directory
+    listing sorts oldest first; every operation holds the storage's own lock.
+    """
+
+    def __init__(self, storage: FileStorage) -> None:
+        self._lock = storage.lock
+        self._dir = os.path.join(storage.path, "deadletters")
+
+    def _files(self) -> list[str]:
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return []
+        return sorted(name for name in names if not name.startswith("."))
+
+    def _find(self, id: str) -> str | None:
+        suffix = f"-{id}"
+        for name in self._files():
+            if name.endswith(suffix):
+                return os.path.join(self._dir, name)
+        return None
+
+    @staticmethod
+    def _read(path: str) -> DeadLetter:
+        with open(path, "rb") as f:
+            meta, _, raw = f.read().partition(b"\n")
+        return _from_meta(orjson.loads(meta), raw)
+
+    @staticmethod
+    def _write(path: str, entry: DeadLetter) -> None:
+        partial = f"{path}.partial"
+        with open(partial, "wb") as f:
+            f.write(orjson.dumps(entry._meta()) + b"\n" + entry.raw)
+        os.replace(partial, path)
+
+    def add(self, entry: DeadLetter) -> None:
+        with self._lock:
+            os.makedirs(self._dir, exist_ok=True)
+            name = f"{time.time_ns():020d}-{entry.id}"
+            self._write(os.path.join(self._dir, name), entry)
+
+    def get(self, id: str) -> DeadLetter | None:
+        with self._lock:
+            path = self._find(id)
+            return self._read(path) if path is not None else None
+
+    def update(self, id: str, reason: str, error: str) -> bool:
+        with self._lock:
+            path = self._find(id)
+            if path is None:
+                return False
+            self._write(path, replace(self._read(path), reason=reason, error=error))
+            return True
+
+    def delete(self, id: str) -> bool:
+        with self._lock:
+            path = self._find(id)
+            if path is None:
+                return False
+            os.remove(path)
+            return True
+
+    def purge(self) -> int:
+        with self._lock:
+            names = self._files()
+            for name in names:
+                os.remove(os.path.join(self._dir, name))
+            return len(names)
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._files())
+
+    def page(self, offset: int, limit: int) -> list[DeadLetter]:
+        with self._lock:
+            names = self._files()[::-1][offset : offset + limit]
+            return [self._read(os.path.join(self._dir, name)) for name in names]
+
+
 def backend_for(storage: Any) -> _Backend:
     """The dead-letter backend that lives beside ``storage``.
 
@@ -398,8 +483,10 @@ def backend_for(storage: Any) -> _Backend:
         return SqliteBackend(storage)
     if isinstance(storage, RedisStorage):
         return RedisBackend(storage)
+    if isinstance(storage, FileStorage):
+        return FileBackend(storage)
     raise ConfigurationError(
         f"{type(storage).__name__} has no dead-letter store yet; use MemoryStorage, "
-        f"SqliteStorage or a Redis storage (RedisStorage, PriorityRedisStorage and the "
-        f"expiring variants)."
+        f"SqliteStorage, FileStorage or a Redis storage (RedisStorage, "
+        f"PriorityRedisStorage and the expiring variants)."
     )

@@ -19,6 +19,7 @@ from typing import Any, TypeVar, overload
 from huey.api import Huey, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
+    FileStorage,
     MemoryStorage,
     PriorityRedisExpireStorage,
     PriorityRedisStorage,
@@ -50,6 +51,7 @@ from .exceptions import (
 )
 
 __all__ = [
+    "VersionedFileHuey",
     "VersionedHuey",
     "VersionedMemoryHuey",
     "VersionedPriorityRedisExpireHuey",
@@ -676,6 +678,12 @@ class VersionedSqliteHuey(VersionedHuey):
     """A VersionedHuey on Huey's SqliteStorage (``filename=``)."""
 
     storage_class = SqliteStorage
+
+
+class VersionedFileHuey(VersionedHuey):
+    """A VersionedHuey on Huey's FileStorage (``path=``); for development, as Huey says."""
+
+    storage_class = FileStorage
 
 
 class VersionedRedisHuey(VersionedHuey):
