@@ -161,8 +161,10 @@ class DeadLetterStore:
     def replay(self, id: str) -> Any:
         """Run an entry through today's pipeline and enqueue it.
 
-        Returns Huey's ``Result`` for the task (None when results are off). The
-        entry is removed only after the enqueue succeeded.
+        Returns Huey's ``Result`` for the task (None when results are off, and
+        for a retired task whose tombstone now has a handler: its bytes go back
+        on the queue for the worker to hand to the handler). The entry is
+        removed only after the enqueue succeeded.
 
         Raises:
             DeadLetterNotFound: there is no such entry.

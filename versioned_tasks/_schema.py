@@ -8,6 +8,7 @@ starts, on the first dequeue or schedule read, and by ``huey.check_schemas()``.
 from __future__ import annotations
 
 import inspect
+import math
 import types
 import typing
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,7 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Final, NotRequired, Required
 
 import orjson
-from pydantic import BaseModel, ConfigDict, SecretBytes, SecretStr, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    JsonValue,
+    SecretBytes,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializer, SchemaValidator
 from typing_extensions import TypedDict
 
@@ -87,6 +96,9 @@ class TaskSpec:
     #: and str-keyed dicts of those), which orjson writes exactly as pydantic
     #: would, only faster.
     plain_json: bool = False
+    #: Some field takes any value (``Any``, unannotated): non-finite floats,
+    #: which JSON cannot carry, must be looked for after validation.
+    open_json: bool = False
     #: Names positional arguments and fills defaults, as a Python call would.
     binder: Callable[..., dict[str, Any]] | None = field(default=None, repr=False)
     #: The Huey task class that runs it; set when the task is registered.
@@ -145,6 +157,8 @@ class TaskSpec:
             value = self.validator.validate_python(payload)
         except ValidationError as exc:
             raise self._invalid(exc) from None
+        if self.open_json:
+            self._refuse_nonfinite(value)
         if self.plain_json:
             try:
                 return orjson.dumps(value)
@@ -161,6 +175,21 @@ class TaskSpec:
                 f"serialize, or pass JSON-compatible values.",
                 path="args",
             ) from None
+
+    def _refuse_nonfinite(self, value: Any) -> None:
+        path = _nonfinite(value, ())
+        if path is not None:
+            raise InvalidArguments(
+                task=self.name,
+                version=self.version,
+                errors=[
+                    {
+                        "loc": path,
+                        "msg": "NaN and infinity cannot travel as JSON",
+                        "type": "finite_number",
+                    }
+                ],
+            )
 
     # -- worker side ---------------------------------------------------------
 
@@ -201,15 +230,34 @@ class TaskSpec:
         )
 
     def _invalid(self, exc: ValidationError) -> InvalidArguments:
-        return InvalidArguments(
-            task=self.name,
-            version=self.version,
-            errors=[dict(e) for e in exc.errors(include_url=False, include_input=False)],
-        )
+        errors = [dict(e) for e in exc.errors(include_url=False, include_input=False)]
+        for error in errors:
+            if error["type"] == "invalid-json-value":
+                error["msg"] = (
+                    "an unannotated parameter takes JSON values only (dict, list, str, "
+                    "int, float, bool, None); annotate the parameter with the type you pass"
+                )
+        return InvalidArguments(task=self.name, version=self.version, errors=errors)
 
     def json_schema(self) -> dict[str, Any]:
         """The JSON Schema of the argument payload at the current version."""
         return self.adapter.json_schema()
+
+
+def _nonfinite(value: Any, path: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    if type(value) is float:
+        return None if math.isfinite(value) else path
+    if type(value) is dict:
+        items: Iterable[tuple[Any, Any]] = value.items()
+    elif type(value) is list:
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _nonfinite(item, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 def bind_positional(
@@ -324,7 +372,9 @@ def _spec_from_signature(
             has_task_param = True
             continue
         _check_parameter(name, version, param)
-        annotation = hints.get(param.name, Any)
+        # An unannotated parameter takes JSON values only: anything richer
+        # (a datetime, a tuple) would reach the worker as something else.
+        annotation = hints.get(param.name, JsonValue)
         _refuse_lossy(name, version, annotation, param.name)
         if param.default is inspect.Parameter.empty:
             fields[param.name] = Required[annotation]
@@ -356,6 +406,7 @@ def _spec_from_signature(
         serializer=SchemaSerializer(adapter.core_schema, _SERIALIZER_CONFIG),
         binder=_make_binder(signature, context),
         plain_json=all(_is_plain_json(hint) for hint in _field_types(fields)),
+        open_json=any(_is_open(hint) for hint in _field_types(fields)),
     )
 
 
@@ -365,6 +416,13 @@ def _field_types(fields: dict[str, Any]) -> Iterable[Any]:
 
 
 _PLAIN_SCALARS: Final = (str, int, float, bool, type(None))
+
+
+def _is_open(hint: Any) -> bool:
+    """Whether the annotation lets any value through (``Any``, ``JsonValue``)."""
+    if hint is Any or hint is JsonValue:
+        return True
+    return any(_is_open(arg) for arg in typing.get_args(hint))
 
 
 def _is_plain_json(hint: Any) -> bool:
@@ -486,10 +544,18 @@ def _check_default(name: str, version: int, param: str, annotation: Any, default
     try:
         TypeAdapter(annotation).validate_python(default)
     except ValidationError:
+        if annotation is JsonValue:
+            fix = (
+                f"is not a JSON value, which is all an unannotated parameter takes; "
+                f"annotate it (e.g. {param}: tuple[str, ...] = {default!r})"
+            )
+        else:
+            fix = (
+                f"does not fit its annotation {annotation!r}; fix the default or widen "
+                f"the annotation (e.g. Optional[...])"
+            )
         raise SchemaError(
-            f"Task {name!r} version {version}: the default {default!r} of {param!r} "
-            f"does not fit its annotation {annotation!r}; fix the default or widen the "
-            f"annotation (e.g. Optional[...]).",
+            f"Task {name!r} version {version}: the default {default!r} of {param!r} {fix}.",
             task=name,
         ) from None
 
