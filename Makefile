@@ -33,7 +33,7 @@ unit: $(STAMP_DEV)
 	$(BIN)/pytest
 
 docs: $(STAMP_DEV)
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 test: lint types unit docs
 
