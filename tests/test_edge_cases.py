@@ -160,7 +160,11 @@ def declare_good(app: VersionedHuey, ran: list[int]) -> Any:
 def test_read_schedule_returns_the_good_tasks_and_requeues_a_message_it_cannot_dead_letter(
     make_huey: MakeHuey, backend: str
 ) -> None:
-    """A failed dead-letter write in a due batch keeps the good tasks and the bad bytes."""
+    """A failed dead-letter write in a due batch keeps the good tasks and the bad bytes.
+
+    On SQLite the bad message never leaves the schedule (its pop and its dead
+    letter share one transaction); elsewhere its bytes go back on the queue.
+    """
     app = make_huey()
     ran: list[int] = []
     good = declare_good(app, ran)
@@ -174,11 +178,15 @@ def test_read_schedule_returns_the_good_tasks_and_requeues_a_message_it_cannot_d
     tasks = app.read_schedule(FUTURE)
 
     assert sorted(task.kwargs["x"] for task in tasks) == [0, 1, 2]
-    assert app.scheduled_count() == 0
-    assert queued(app) == [junk]
-
     repair_dead_letter_store(app, backend)
-    assert app.dequeue() is None
+    if backend == "sqlite":
+        assert app.scheduled_count() == 1
+        assert queued(app) == []
+        assert app.read_schedule(FUTURE) == []
+    else:
+        assert app.scheduled_count() == 0
+        assert queued(app) == [junk]
+        assert app.dequeue() is None
     assert [entry.raw for entry in app.dead_letters] == [junk]
 
 

@@ -77,6 +77,21 @@ def _from_meta(meta: dict[str, Any], raw: bytes) -> DeadLetter:
     )
 
 
+def new_entry(
+    reason: str, raw: bytes, error: str, task: str | None, version: int | None
+) -> DeadLetter:
+    """A new entry with a fresh id, created now."""
+    return DeadLetter(
+        id=uuid.uuid4().hex,
+        reason=reason,
+        task=task,
+        version=version,
+        raw=bytes(raw),
+        error=error,
+        created_at=datetime.datetime.now(datetime.UTC),
+    )
+
+
 def _utc(ts: float) -> datetime.datetime:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
 
@@ -135,15 +150,7 @@ class DeadLetterStore:
         version: int | None = None,
     ) -> DeadLetter:
         """Store a message that cannot run; returns the new entry."""
-        entry = DeadLetter(
-            id=uuid.uuid4().hex,
-            reason=reason,
-            task=task,
-            version=version,
-            raw=bytes(raw),
-            error=error,
-            created_at=datetime.datetime.now(datetime.UTC),
-        )
+        entry = new_entry(reason, raw, error, task, version)
         self._backend.add(entry)
         return entry
 
@@ -256,12 +263,16 @@ class SqliteBackend:
         self._queue = storage.name
         self._ready = False
 
-    def _sql(self, query: str, params: tuple[Any, ...] = (), *, commit: bool = False) -> Any:
+    def ensure_table(self) -> None:
+        """Create the table on first use (outside any other transaction)."""
         if not self._ready:
             with self._storage.db(commit=True) as cursor:
                 for ddl in self._DDL:
                     cursor.execute(ddl)
             self._ready = True
+
+    def _sql(self, query: str, params: tuple[Any, ...] = (), *, commit: bool = False) -> Any:
+        self.ensure_table()
         with self._storage.db(commit=commit) as cursor:
             cursor.execute(query, params)
             return cursor.fetchall() if not commit else cursor.rowcount
@@ -271,22 +282,31 @@ class SqliteBackend:
         id, reason, task, version, raw, error, created = row
         return DeadLetter(id, reason, task, version, bytes(raw), error, _utc(created))
 
-    def add(self, entry: DeadLetter) -> None:
-        self._sql(
-            "insert into vt_dead_letters (id, queue, reason, task, version, raw, error, "
-            "created_at) values (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                entry.id,
-                self._queue,
-                entry.reason,
-                entry.task,
-                entry.version,
-                entry.raw,
-                entry.error,
-                entry.created_at.timestamp(),
-            ),
-            commit=True,
+    _INSERT = (
+        "insert into vt_dead_letters (id, queue, reason, task, version, raw, error, "
+        "created_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
+    )
+
+    def _row_values(self, entry: DeadLetter) -> tuple[Any, ...]:
+        return (
+            entry.id,
+            self._queue,
+            entry.reason,
+            entry.task,
+            entry.version,
+            entry.raw,
+            entry.error,
+            entry.created_at.timestamp(),
         )
+
+    def add(self, entry: DeadLetter) -> None:
+        self._sql(self._INSERT, self._row_values(entry), commit=True)
+
+    def insert(self, cursor: Any, raw: bytes, action: Any) -> DeadLetter:
+        """Write an entry with the caller's cursor, inside the caller's transaction."""
+        entry = new_entry(action.reason, raw, action.error, action.task, action.version)
+        cursor.execute(self._INSERT, self._row_values(entry))
+        return entry
 
     def get(self, id: str) -> DeadLetter | None:
         rows = self._sql(

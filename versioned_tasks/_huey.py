@@ -29,7 +29,9 @@ from huey.storage import (
 )
 from pydantic import BaseModel
 
-from ._deadletters import DeadLetterStore, backend_for
+from ._actions import Action as _Action
+from ._actions import DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from ._deadletters import DeadLetterStore, SqliteBackend, backend_for
 from ._pipeline import (
     Newer,
     Reader,
@@ -42,6 +44,7 @@ from ._pipeline import (
 )
 from ._schema import SchemaRegistry, TaskSpec, Upcaster, build_spec
 from ._serializer import VersionedSerializer
+from ._sqlite import AtomicSqlite
 from .exceptions import (
     ConfigurationError,
     EncodeError,
@@ -180,6 +183,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters: DeadLetterStore | None = None
         self._dead_letters_storage: Any = None
         self._dead_letters_lock = threading.Lock()
+        self._atomic_sqlite: AtomicSqlite | None = None
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
         self._writer = Writer(self.schema, serializer.frame, app_build)
@@ -328,8 +332,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The dead-letter store beside this app's storage (opened on first use)."""
         with self._dead_letters_lock:
             if self._dead_letters is None or self._dead_letters_storage is not self.storage:
-                self._dead_letters = DeadLetterStore(backend_for(self.storage), self._replay)
+                backend = backend_for(self.storage)
+                self._dead_letters = DeadLetterStore(backend, self._replay)
                 self._dead_letters_storage = self.storage
+                self._atomic_sqlite = (
+                    AtomicSqlite(self.storage, backend)
+                    if isinstance(backend, SqliteBackend)
+                    else None
+                )
             return self._dead_letters
 
     def _replay(self, raw: bytes) -> Any:
@@ -348,14 +358,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         entry = self.dead_letters.add(
             reason=reason, raw=raw, task=task, version=version, error=error
         )
-        logger.warning(
-            "Dead-lettered %s (task %r, version %s): %s [entry %s]",
-            reason,
-            task,
-            version,
-            error,
-            entry.id,
-        )
+        DeadLetterAction(reason, task, version, error).log(entry.id)
 
     def _requeue(self, raw: bytes, priority: Any) -> None:
         # Exact bytes back on the queue; a storage without priorities (plain
@@ -469,39 +472,52 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """Pop the next runnable task; bad messages are dead-lettered on the way.
 
         Never raises for a bad message, and moves straight on to the next one.
+        On SQLite the pop and the dead-letter write share one transaction.
         """
         self._ensure_checked()
+        if self._atomic is not None:
+            return self._atomic.dequeue(self._decide, self._act)
         while True:
             raw = self.storage.dequeue()
             if raw is None:
                 return None
             try:
-                task = self._accept(raw, from_schedule=False)
+                decision = self._decide(raw, from_schedule=False)
+                if isinstance(decision, Task):
+                    return decision
+                self._act(raw, decision)
             except Exception:
                 # The dead-letter or schedule write failed: keep the bytes.
                 self._rescue(raw)
                 raise
-            if task is not None:
-                return task
 
     def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
-        """Pop the due tasks; bad ones are dead-lettered (the storage already removed them)."""
+        """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
         self._ensure_checked()
         if timestamp is None:
             timestamp = self._get_timestamp()
+        if self._atomic is not None:
+            return self._atomic.read_schedule(timestamp, self._decide, self._act)
         tasks = []
         for raw in self.storage.read_schedule(timestamp):
             try:
-                task = self._accept(raw, from_schedule=True)
+                decision = self._decide(raw, from_schedule=True)
+                if isinstance(decision, Task):
+                    tasks.append(decision)
+                else:
+                    self._act(raw, decision)
             except Exception:
                 # The storage already removed the whole batch: keep these bytes
                 # and go on, rather than lose the tasks that are fine.
                 logger.exception("Could not dead-letter or defer a scheduled message.")
                 self._rescue(raw)
-                continue
-            if task is not None:
-                tasks.append(task)
         return tasks
+
+    @property
+    def _atomic(self) -> AtomicSqlite | None:
+        # Only where the dead-letter table lives in the queue's own database.
+        self.dead_letters  # noqa: B018 - (re)opens the store and _atomic_sqlite with it
+        return self._atomic_sqlite
 
     def _deserialize_all(self, messages: Iterable[bytes]) -> list[Task]:
         # pending() and scheduled(): read-only listings skip what cannot run.
@@ -512,58 +528,62 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 tasks.append(outcome)
         return tasks
 
-    def _accept(self, raw: bytes, *, from_schedule: bool) -> Task | None:
+    def _decide(self, raw: bytes, *, from_schedule: bool) -> Task | _Action:
+        """What to do with one stored message: run it, or one of the actions."""
         outcome = self._reader.read(raw)
         if isinstance(outcome, Task):
             return outcome
         if isinstance(outcome, Newer):
-            self._defer(raw, outcome)
-        elif isinstance(outcome, Retired):
-            self._retire(raw, outcome, from_schedule)
-        else:
-            self._dead_letter(raw, outcome.reason, outcome.task, outcome.version, outcome.error)
-        return None
+            return self._decide_newer(outcome)
+        if isinstance(outcome, Retired):
+            return self._decide_retired(outcome, from_schedule)
+        return DeadLetterAction(outcome.reason, outcome.task, outcome.version, outcome.error)
 
-    def _defer(self, raw: bytes, newer: Newer) -> None:
+    def _decide_newer(self, newer: Newer) -> _Action:
         age = time.time() - newer.enqueued_at if newer.enqueued_at is not None else None
         if age is None or age > self.newer_version_max_age:
-            self._dead_letter(
-                raw,
+            return DeadLetterAction(
                 "newer_version",
                 newer.task,
                 newer.version,
                 f"{newer.detail} and was deferred until it was "
                 f"{self.newer_version_max_age:.0f}s old; deploy the newer code and replay.",
             )
-            return
         eta = self._get_timestamp() + datetime.timedelta(seconds=self.newer_version_delay)
-        self.storage.add_to_schedule(raw, eta)
-        logger.info(
-            "Deferred task %r version %s (this worker knows version %s) until %s.",
-            newer.task,
-            newer.version,
-            newer.known_version,
-            eta,
-        )
+        return DeferAction(eta, newer)
 
-    def _retire(self, raw: bytes, retired: Retired, from_schedule: bool) -> None:
-        tomb = self.schema.tombstones[retired.tombstone]
+    def _decide_retired(self, retired: Retired, from_schedule: bool) -> _Action:
         message = retired.message
-        if tomb.handler is None:
-            self._dead_letter(
-                raw,
+        if not self._has_handler(retired):
+            return DeadLetterAction(
                 "retired",
                 message.task,
                 message.version,
                 f"Task {message.task!r} is retired (tombstoned) and has no handler.",
             )
-            return
         if from_schedule:
             # The worker, not the scheduler, runs tombstone handlers.
-            self._requeue(raw, retired.priority)
-            return
+            return RequeueAction(retired.priority)
+        return HandlerAction(retired)
+
+    def _act(self, raw: bytes, action: _Action) -> None:
+        """Carry out an action with the storage's ordinary operations."""
+        if isinstance(action, DeadLetterAction):
+            self._dead_letter(raw, action.reason, action.task, action.version, action.error)
+        elif isinstance(action, DeferAction):
+            self.storage.add_to_schedule(raw, action.eta)
+            action.log()
+        elif isinstance(action, RequeueAction):
+            self._requeue(raw, action.priority)
+        elif isinstance(action, HandlerAction):
+            self._run_handler(raw, action.retired)
+
+    def _run_handler(self, raw: bytes, retired: Retired) -> None:
+        handler = self.schema.tombstones[retired.tombstone].handler
+        assert handler is not None
+        message = retired.message
         try:
-            tomb.handler(message)
+            handler(message)
         except Exception as exc:
             logger.exception("Tombstone handler for %r failed.", retired.tombstone)
             self._dead_letter(
