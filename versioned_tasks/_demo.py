@@ -124,7 +124,7 @@ def old_code(filename: str) -> list[Sent]:
 
 class NewCode(NamedTuple):
     huey: VersionedHuey
-    send_invoice: VersionedTaskWrapper
+    send_invoice: VersionedTaskWrapper[..., None]
 
 
 def new_code(filename: str, journal: Journal, *, sms_restored: bool = False) -> NewCode:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any, TypeVar, overload
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from huey.api import Huey, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.signals import SIGNAL_ENQUEUED
@@ -67,7 +67,8 @@ __all__ = [
 
 logger = logging.getLogger("versioned_tasks")
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R")
 H = TypeVar("H", bound=Callable[[RetiredMessage], object])
 
 #: Ids of the callbacks and retries that the task running in this context may
@@ -80,12 +81,13 @@ DEFAULT_NEWER_VERSION_DELAY = 30.0
 DEFAULT_NEWER_VERSION_MAX_AGE = 24 * 3600.0
 
 
-class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
+class VersionedTaskWrapper(TaskWrapper, Generic[P, R]):  # type: ignore[misc]
     """What ``@huey.versioned_task()`` returns: a Huey ``TaskWrapper`` with a schema.
 
     Calls, ``.s()``, ``.schedule()``, ``.map()``, ``.revoke()`` and the rest
     behave as on a plain Huey task; arguments are validated whenever a message
-    is written.
+    is written. For type checkers, calling it and ``.s()`` take the function's
+    own parameters, and ``call_local()`` returns what the function returns.
     """
 
     spec: TaskSpec
@@ -111,6 +113,14 @@ class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
         """The stable logical name written on the wire."""
         return self.spec.name
 
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
+        """Enqueue a call (validated first); returns Huey's ``Result``."""
+        return super().__call__(*args, **kwargs)
+
+    def s(self, *args: P.args, **kwargs: P.kwargs) -> Task:
+        """Build the call as a Huey ``Task`` without enqueueing it (for pipelines)."""
+        return super().s(*args, **kwargs)
+
     def map(self, it: Iterable[Any]) -> Any:
         """Huey's map: enqueue one call per item, but only if every item is valid."""
         tasks = self._apply(it)
@@ -119,10 +129,11 @@ class VersionedTaskWrapper(TaskWrapper):  # type: ignore[misc]
         results = [self.huey.enqueue(task) for task in tasks]
         return ResultGroup(results) if self.huey.results else None
 
-    def call_local(self, *args: Any, **kwargs: Any) -> Any:
+    def call_local(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the function here, with arguments validated as the worker would."""
         task_args, task_kwargs = self.spec.load_json(self.spec.dump(args, kwargs))
-        return self.func(*task_args, **task_kwargs)
+        result: R = self.func(*task_args, **task_kwargs)
+        return result
 
 
 class _TombstoneDecorator:
@@ -196,6 +207,24 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
     # -- declarations --------------------------------------------------------
 
+    @overload
+    def versioned_task(
+        self,
+        version: int,
+        *,
+        name: str | None = None,
+        args_model: None = None,
+        **huey_task_options: Any,
+    ) -> Callable[[Callable[P, R]], VersionedTaskWrapper[P, R]]: ...
+    @overload
+    def versioned_task(
+        self,
+        version: int,
+        *,
+        name: str | None = None,
+        args_model: type[BaseModel],
+        **huey_task_options: Any,
+    ) -> Callable[[Callable[..., R]], VersionedTaskWrapper[..., R]]: ...
     def versioned_task(
         self,
         version: int,
@@ -203,7 +232,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         name: str | None = None,
         args_model: type[BaseModel] | None = None,
         **huey_task_options: Any,
-    ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper]:
+    ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]]:
         """Declare a task with a typed argument model and a schema version.
 
         Args:
@@ -219,7 +248,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 duplicate name or version.
         """
 
-        def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper:
+        def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper[..., Any]:
             func = func.func if isinstance(func, TaskWrapper) else func
             logical = name or f"{func.__module__}.{func.__name__}"
             spec = build_spec(
@@ -250,7 +279,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         spec: TaskSpec,
         name: str | None,
         options: dict[str, Any],
-    ) -> VersionedTaskWrapper:
+    ) -> VersionedTaskWrapper[..., Any]:
         context = options.pop("context", False)
         defaults = {
             f"default_{key}": options.pop(key)
