@@ -505,7 +505,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         self._ensure_checked()
         if self._atomic is not None:
-            return self._atomic.dequeue(self._decide, self._act)
+            return self._atomic.dequeue(self._decide, self._act, self._rescue)
         while True:
             raw = self.storage.dequeue()
             if raw is None:
@@ -526,7 +526,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if timestamp is None:
             timestamp = self._get_timestamp()
         if self._atomic is not None:
-            return self._atomic.read_schedule(timestamp, self._decide, self._act)
+            return self._atomic.read_schedule(timestamp, self._decide)
         tasks = []
         for raw in self.storage.read_schedule(timestamp):
             try:

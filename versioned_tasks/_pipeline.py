@@ -164,9 +164,33 @@ class Reader:
         try:
             header, body = self.unpack(raw)
             if header.keys() <= _PLAIN_HEADER:
-                task = self._read_plain(header, body)
-                if task is not None:
-                    return task
+                # The hot path, inline: named fields, no scheduling fields, no
+                # callbacks. Anything unusual falls through to the full
+                # pipeline, which names the reason.
+                name, version, ident = header.get("task"), header.get("v"), header.get("id")
+                # A declared name that is also renamed or retired (possible
+                # before the schema check) is not runnable.
+                spec = self.registry.runnable.get(name) if type(name) is str else None
+                if (
+                    spec is not None
+                    and type(version) is int
+                    and type(ident) is str
+                    and ident
+                    and header.get("kind") == _envelope.KIND_TASK
+                ):
+                    if version == spec.version:
+                        try:
+                            value = spec.validator.validate_json(body)
+                        except ValidationError:
+                            value = _NO_VALUE  # the full pipeline names the reason
+                    else:
+                        value = self._older_value(spec, version, body)
+                    if value is not _NO_VALUE:
+                        at = header.get("at")
+                        wire = (spec.version, None, at if type(at) in _NUMBER else None)
+                        args, kwargs = ((value,), {}) if spec.model is not None else ((), value)
+                        task: Task = spec.make_task(args, kwargs, ident, wire)
+                        return task
             return self._read_general(header, body)
         except DecodeError as exc:
             return Rejected(_reason_of(exc), None, None, str(exc))
@@ -201,44 +225,14 @@ class Reader:
                 f"than this worker knows (version {defer.known})",
             )
 
-    def _read_plain(self, header: dict[str, Any], body: bytes) -> Task | None:
-        """The hot path: named fields, no scheduling fields, no callbacks.
-
-        Returns None whenever anything is unusual; the full pipeline then runs
-        and names the reason.
-        """
-        registry = self.registry
-        name = header.get("task")
-        if type(name) is not str:
-            return None
-        spec = registry.specs.get(name)
-        version, ident = header.get("v"), header.get("id")
-        if (
-            spec is None
-            or type(version) is not int
-            or type(ident) is not str
-            or not ident
-            or header.get("kind") != _envelope.KIND_TASK
-            # Before the schema check, a declared name may also be renamed or
-            # retired: leave that to the full pipeline.
-            or name in registry.renames
-            or name in registry.tombstones
-        ):
-            return None
-        try:
-            if version == spec.version:
-                value = spec.validator.validate_json(body)
-            elif 1 <= version < spec.version:
-                value = self._upcast_fast(spec, version, body)
-            else:
-                return None
-        except Exception:
-            return None
-        args, kwargs = ((value,), {}) if spec.model is not None else ((), value)
-        at = header.get("at")
-        wire = (spec.version, None, at if type(at) in _NUMBER else None)
-        task: Task = spec.make_task(args, kwargs, ident, wire)
-        return task
+    def _older_value(self, spec: TaskSpec, version: int, body: bytes) -> Any:
+        """The upcast, validated arguments of an older named-field body, or ``_NO_VALUE``."""
+        if 1 <= version < spec.version:
+            try:
+                return self._upcast_fast(spec, version, body)
+            except Exception:
+                pass  # the full pipeline names the reason
+        return _NO_VALUE
 
     def _upcast_fast(self, spec: TaskSpec, version: int, body: bytes) -> Any:
         chain = self.registry.chain(spec.name, version, spec.version)
@@ -755,6 +749,7 @@ def _has_scheduling(task: Task) -> bool:
     )
 
 
+_NO_VALUE: Final = object()
 _PLAIN_HEADER: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build"})
 
 

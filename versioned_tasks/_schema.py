@@ -577,6 +577,9 @@ class SchemaRegistry:
         self.renames: dict[str, str] = {}
         self.tombstones: dict[str, _Tombstone] = {}
         self._chains: dict[tuple[str, int, int], Any] = {}
+        #: Declared tasks that no rename or tombstone shadows: the names the
+        #: read pipeline's hot path may take at face value.
+        self.runnable: dict[str, TaskSpec] = {}
         self.dirty = True
 
     def __repr__(self) -> str:
@@ -597,8 +600,7 @@ class SchemaRegistry:
                 task=spec.name,
             )
         self.specs[spec.name] = spec
-        self._chains.clear()
-        self.dirty = True
+        self._changed()
 
     def add_upcaster(self, task: str, from_version: int, func: Upcaster) -> None:
         if isinstance(from_version, bool) or not isinstance(from_version, int):
@@ -620,8 +622,7 @@ class SchemaRegistry:
                 task=task,
             )
         steps[from_version] = func
-        self._chains.clear()
-        self.dirty = True
+        self._changed()
 
     def add_rename(self, old: str, new: str) -> None:
         if old == new:
@@ -633,12 +634,21 @@ class SchemaRegistry:
                 task=old,
             )
         self.renames[old] = new
-        self.dirty = True
+        self._changed()
 
     def add_tombstone(self, task: str) -> _Tombstone:
         tomb = self.tombstones.setdefault(task, _Tombstone())
-        self.dirty = True
+        self._changed()
         return tomb
+
+    def _changed(self) -> None:
+        self._chains.clear()
+        self.runnable = {
+            name: spec
+            for name, spec in self.specs.items()
+            if name not in self.renames and name not in self.tombstones
+        }
+        self.dirty = True
 
     # -- lookups used per message --------------------------------------------
 

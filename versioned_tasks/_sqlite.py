@@ -5,6 +5,11 @@ between the pop and the dead-letter write loses it. When the dead-letter table
 lives in the queue's own SQLite database, that window can be closed: the row is
 deleted and the dead letter (or the deferral) written in one transaction, so a
 crash leaves either the message where it was or its dead letter, never neither.
+
+The read pipeline runs before that transaction, outside the storage's lock: it
+has no side effects, and user code it calls (validators, upcasters) may then use
+the storage without deadlocking. The row is deleted by id, so when two workers
+read the same head, one deletes it and the other reads the next one.
 """
 
 from __future__ import annotations
@@ -25,96 +30,119 @@ logger = logging.getLogger("versioned_tasks")
 
 Decide = Callable[..., "Task | Action"]
 Act = Callable[[bytes, Action], None]
+Rescue = Callable[[bytes], None]
 
 
 class AtomicSqlite:
-    """The worker's and the scheduler's pops, each in one SQLite transaction."""
+    """The worker's and the scheduler's pops, each settled in one SQLite transaction."""
 
     def __init__(self, storage: SqliteStorage, backend: SqliteBackend) -> None:
         self._storage = storage
         self._backend = backend
         self._queue = storage.name
 
-    def dequeue(self, decide: Decide, act: Act) -> Task | None:
-        """Pop until a runnable task; what cannot run is settled in the pop's transaction."""
+    # -- the worker --------------------------------------------------------------
+
+    def dequeue(self, decide: Decide, act: Act, rescue: Rescue) -> Task | None:
+        """Pop until a runnable task; what cannot run is settled with its pop."""
         while True:
-            if not self._storage.sql(
-                "select 1 from task where queue = ? limit 1", (self._queue,), results=True
-            ):
+            head = self._head()
+            if head is None:
                 return None
-            self._backend.ensure_table()
-            try:
-                popped = self._pop_one(decide)
-            except Exception:
-                # Rolled back: the message is still at the head of the queue.
-                # Move it to the tail, as the generic path does, so that a
-                # broken dead-letter table does not block the tasks behind it.
-                self._move_head_to_tail()
-                raise
-            if popped is None:
-                return None
-            raw, decision = popped
+            row_id, raw, priority = head
+            decision = decide(raw, from_schedule=False)
+            if not self._take(row_id, raw, priority, decision):
+                continue  # another worker took it first
             if isinstance(decision, Task):
                 return decision
             if isinstance(decision, HandlerAction):
-                # User code runs outside the transaction.
-                act(raw, decision)
+                self._run_handler(raw, decision, act, rescue)
 
-    def _pop_one(self, decide: Decide) -> tuple[bytes, Any] | None:
-        with self._storage.db(commit=True) as cursor:
-            cursor.execute(
-                "select id, data from task where queue = ? order by priority desc, id limit 1",
-                (self._queue,),
-            )
-            row = cursor.fetchone()
-            if row is None:
-                return None
-            row_id, data = row
-            cursor.execute("delete from task where id = ?", (row_id,))
-            raw = bytes(data)
-            decision = decide(raw, from_schedule=False)
+    def _head(self) -> tuple[int, bytes, float] | None:
+        rows = self._storage.sql(
+            "select id, data, priority from task where queue = ? "
+            "order by priority desc, id limit 1",
+            (self._queue,),
+            results=True,
+        )
+        if not rows:
+            return None
+        row_id, data, priority = rows[0]
+        return row_id, bytes(data), priority
+
+    def _take(self, row_id: int, raw: bytes, priority: float, decision: Any) -> bool:
+        """Delete the row and settle the decision in one transaction; False if gone."""
+        if not isinstance(decision, Task | HandlerAction):
+            self._backend.ensure_table()
+        try:
+            with self._storage.db(commit=True) as cursor:
+                cursor.execute("delete from task where id = ?", (row_id,))
+                if cursor.rowcount != 1:
+                    return False
+                if not isinstance(decision, Task | HandlerAction):
+                    self._apply(cursor, raw, decision)
+                return True
+        except Exception:
             if not isinstance(decision, Task | HandlerAction):
-                self._apply(cursor, raw, decision)
-            return raw, decision
+                # Rolled back, so the message is still queued. Move it behind
+                # the others, as the generic path does, so that a broken
+                # dead-letter table does not keep it at the head.
+                self._to_tail(row_id)
+            raise
 
-    def _move_head_to_tail(self) -> None:
-        with self._storage.db(commit=True) as cursor:
-            cursor.execute(
-                "select id, data, priority from task where queue = ? "
-                "order by priority desc, id limit 1",
-                (self._queue,),
-            )
-            row = cursor.fetchone()
-            if row is not None:
-                cursor.execute("delete from task where id = ?", (row[0],))
-                cursor.execute(
-                    "insert into task (queue, data, priority) values (?, ?, ?)",
-                    (self._queue, row[1], row[2]),
-                )
+    def _to_tail(self, row_id: int) -> None:
+        try:
+            with self._storage.db(commit=True) as cursor:
+                cursor.execute("select data from task where id = ?", (row_id,))
+                row = cursor.fetchone()
+                if row is not None:
+                    cursor.execute("delete from task where id = ?", (row_id,))
+                    cursor.execute(
+                        "insert into task (queue, data, priority) values (?, ?, 0)",
+                        (self._queue, row[0]),
+                    )
+        except Exception:
+            logger.exception("Could not move a message that cannot be settled to the tail.")
 
-    def read_schedule(self, timestamp: Any, decide: Decide, act: Act) -> list[Task]:
+    @staticmethod
+    def _run_handler(raw: bytes, action: HandlerAction, act: Act, rescue: Rescue) -> None:
+        # The row is already gone: a handler that fails and then a dead-letter
+        # write that fails too must not lose the bytes.
+        try:
+            act(raw, action)
+        except Exception:
+            rescue(raw)
+            raise
+
+    # -- the scheduler -----------------------------------------------------------
+
+    def read_schedule(self, timestamp: Any, decide: Decide) -> list[Task]:
         """Pop the due messages; each one that cannot run is settled in the same transaction.
 
         A message whose dead-letter write fails stays on the schedule, untouched,
         and the others go ahead.
         """
-        try:
-            self._backend.ensure_table()
-        except Exception:
-            logger.exception("The dead-letter table is not usable; bad messages stay put.")
+        rows = self._storage.sql(
+            "select id, data from schedule where queue = ? and timestamp <= ? "
+            "order by timestamp, id",
+            (self._queue, timestamp.timestamp()),
+            results=True,
+        )
+        if not rows:
+            return []
+        decided = [(row_id, raw, decide(raw, from_schedule=True)) for row_id, raw in _bytes(rows)]
+        if not all(isinstance(decision, Task) for _, _, decision in decided):
+            try:
+                self._backend.ensure_table()
+            except Exception:
+                logger.exception("The dead-letter table is not usable; bad messages stay put.")
         tasks: list[Task] = []
         with self._storage.db(commit=True) as cursor:
-            cursor.execute(
-                "select id, data from schedule where queue = ? and timestamp <= ? "
-                "order by timestamp, id",
-                (self._queue, timestamp.timestamp()),
-            )
-            for row_id, data in cursor.fetchall():
-                raw = bytes(data)
-                decision = decide(raw, from_schedule=True)
+            for row_id, raw, decision in decided:
                 if isinstance(decision, Task):
                     cursor.execute("delete from schedule where id = ?", (row_id,))
-                    tasks.append(decision)
+                    if cursor.rowcount == 1:
+                        tasks.append(decision)
                 else:
                     self._settle(cursor, row_id, raw, decision)
         return tasks
@@ -123,12 +151,15 @@ class AtomicSqlite:
         cursor.execute("savepoint vt_settle")
         try:
             cursor.execute("delete from schedule where id = ?", (row_id,))
-            self._apply(cursor, raw, action)
+            if cursor.rowcount == 1:
+                self._apply(cursor, raw, action)
         except Exception:
             cursor.execute("rollback to vt_settle")
             logger.exception("Could not settle a scheduled message; it stays on the schedule.")
         finally:
             cursor.execute("release vt_settle")
+
+    # -- both --------------------------------------------------------------------
 
     def _apply(self, cursor: Any, raw: bytes, action: Action) -> None:
         blob = self._storage.to_blob(raw)
@@ -146,3 +177,7 @@ class AtomicSqlite:
                 "insert into task (queue, data, priority) values (?, ?, ?)",
                 (self._queue, blob, action.priority or 0),
             )
+
+
+def _bytes(rows: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
+    return [(row_id, bytes(data)) for row_id, data in rows]
