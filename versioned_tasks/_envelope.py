@@ -67,9 +67,10 @@ def unpack(raw: bytes) -> tuple[dict[str, Any], bytes]:
     """
     if type(raw) is not bytes:
         raw = bytes(raw)
-    if not raw.startswith(_PREFIX):
+    if raw[:_PREFIX_LEN] != _PREFIX:
         raise DecodeError(_describe_foreign(raw))
-    end = raw.find(b"\n", _PREFIX_LEN)
+    # The prefix holds no newline, so the first one ends the header.
+    end = raw.find(b"\n")
     if end < 0:
         raise DecodeError("Truncated envelope: no end of header.")
     try:
