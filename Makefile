@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit docs bench clean
+.PHONY: demo test lint types unit docs bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ docs: $(STAMP_DEV)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 test: lint types unit docs
+
+# Long property runs, not part of `make test`: 50 times the usual cases.
+fuzz: $(STAMP_DEV)
+	VT_FUZZ=50 $(BIN)/pytest tests/test_envelope.py tests/test_schema_check.py -p no:cacheprovider
 
 bench: $(STAMP_DEV)
 	$(BIN)/python benchmarks/serializer.py

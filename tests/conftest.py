@@ -27,6 +27,17 @@ from versioned_tasks import (
 )
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+#: Property tests run ``examples(n)`` cases: n by default, n times VT_FUZZ when
+#: that is set (``make fuzz`` runs them 50 times longer).
+FUZZ = max(1, int(os.environ.get("VT_FUZZ", "1")))
+
+
+def examples(n: int) -> int:
+    """How many cases a property test runs: ``n``, scaled by ``VT_FUZZ``."""
+    return n * FUZZ
+
+
 BACKENDS = ("memory", "sqlite", "redis", "file")
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeHuey
+from conftest import MakeHuey, examples
 from huey import MemoryHuey, SqliteHuey
 from huey.api import Huey, chord
 from huey.exceptions import TaskException
@@ -103,7 +103,7 @@ def test_envelope_does_not_start_like_pickle_or_compressed_data() -> None:
         assert raw[:4] == b"VTE1"
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(value=codec_values)
 def test_value_envelopes_never_start_like_pickle_or_compressed(value: Any) -> None:
     """Every encoded value starts with the magic."""
@@ -230,7 +230,7 @@ def test_serializer_refuses_what_is_not_an_envelope(raw: bytes, message: str) ->
 # -- the value codec ------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(value=codec_values)
 def test_value_codec_round_trip(value: Any) -> None:
     """Nested JSON, tuples, sets, datetimes, bytes, UUIDs, Decimals, odd-keyed dicts: intact."""
@@ -239,7 +239,7 @@ def test_value_codec_round_trip(value: Any) -> None:
     assert same(back, value), (back, value)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(value=json_values)
 def test_plain_json_values_are_stored_as_plain_json(value: Any) -> None:
     """A JSON value without tag-like keys is written as itself (readable by any tool)."""
@@ -642,7 +642,7 @@ def memory_fuzz() -> Fuzz:
 
 
 @settings(
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -667,7 +667,7 @@ def fuzz_on(make_huey: MakeHuey) -> Fuzz:
 
 
 @settings(
-    max_examples=50,
+    max_examples=examples(50),
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
@@ -684,7 +684,7 @@ def test_any_bytes_in_any_backend_queue_become_a_task_or_a_dead_letter(
 
 
 @settings(
-    max_examples=100,
+    max_examples=examples(100),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -695,7 +695,7 @@ def test_any_bytes_on_the_schedule_become_a_task_or_a_dead_letter(raw: bytes) ->
 
 
 @settings(
-    max_examples=40,
+    max_examples=examples(40),
     deadline=None,
     suppress_health_check=[
         HealthCheck.too_slow,
