@@ -460,16 +460,17 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             spec = getattr(type(task), "_vt_spec", None)
             name = spec.name if spec else type(task).__name__
             version = _wire_version(task, spec)
-            self._dead_letter(
-                raw,
-                reason,
-                name,
-                version,
+            error = (
                 f"Huey enqueued {name!r} version {version} inside the worker (a pipeline "
                 f"step, on_error handler, chord callback or retry) with arguments that do "
                 f"not fit: {_error_detail(exc)}. Fix the task's signature or the caller, "
-                f"then replay.",
+                f"then replay."
             )
+            try:
+                self._dead_letter(raw, reason, name, version, error)
+            except Exception:
+                self._rescue(raw)
+                raise
             return None
 
     def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
