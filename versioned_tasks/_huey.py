@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from huey.api import Huey, Result, ResultGroup, Task, TaskWrapper, chord, group
+from huey.api import Huey, ResultGroup, Task, TaskWrapper, chord, group
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
     FileStorage,
@@ -123,10 +123,7 @@ class VersionedTaskWrapper(TaskWrapper, Generic[P, R]):  # type: ignore[misc]
 
     def map(self, it: Iterable[Any]) -> Any:
         """Huey's map: enqueue one call per item, but only if every item is valid."""
-        tasks = self._apply(it)
-        for task in tasks:
-            self.huey.serialize_task(task)
-        results = [self.huey.enqueue(task) for task in tasks]
+        results = self.huey._enqueue_all(self._apply(it))
         return ResultGroup(results) if self.huey.results else None
 
     def call_local(self, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -419,14 +416,28 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
         In immediate mode the message still makes the full envelope round trip.
         """
+        if isinstance(task, group) and all(isinstance(t, Task) for t in task.tasks):
+            return ResultGroup(self._enqueue_all(task.tasks))
         if isinstance(task, group | chord):
-            self._validate_members(task)
+            self._validate_members(task)  # chords: members are written again below
             return super().enqueue(task)
+        data = self._encode_for_enqueue(task)
+        return None if data is None else self._enqueue_encoded(task, data)
+
+    def _enqueue_all(self, tasks: list[Task]) -> list[Any]:
+        # Every task is written before any is stored, so that one bad task
+        # raises before the others fire SIGNAL_ENQUEUED (groups, .map()).
+        encoded = [(task, self._encode_for_enqueue(task)) for task in tasks]
+        return [
+            None if data is None else self._enqueue_encoded(task, data) for task, data in encoded
+        ]
+
+    def _encode_for_enqueue(self, task: Task) -> bytes | None:
         if task.expires:
             task.resolve_expires(self.utc)
-        data = self._encode_or_dead_letter(task)
-        if data is None:
-            return None
+        return self._encode_or_dead_letter(task)
+
+    def _enqueue_encoded(self, task: Task, data: bytes) -> Any:
         self._emit(SIGNAL_ENQUEUED, task)
         if self._immediate:
             self.execute(self.deserialize_task(data))
@@ -435,7 +446,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if not self.results:
             return None
         results = self._pipeline_results(task)
-        return results[0] if len(results) == 1 else _result_group(results)
+        return results[0] if len(results) == 1 else ResultGroup(results)
 
     def _validate_members(self, tasks: Any) -> None:
         # Every member is written once up front, so that one bad member raises
@@ -546,7 +557,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     @property
     def _atomic(self) -> AtomicSqlite | None:
         # Only where the dead-letter table lives in the queue's own database.
-        self.dead_letters  # noqa: B018 - (re)opens the store and _atomic_sqlite with it
+        if self._dead_letters_storage is not self.storage:
+            self.dead_letters  # noqa: B018 - (re)opens the store and _atomic_sqlite with it
         return self._atomic_sqlite
 
     def _deserialize_all(self, messages: Iterable[bytes]) -> list[Task]:
@@ -712,10 +724,6 @@ def _error_detail(exc: Exception) -> str:
 def _is_upcast_error(exc: Exception) -> bool:
     errors = getattr(exc, "errors", None) or []
     return any(e.get("type") == "upcast_failed" for e in errors)
-
-
-def _result_group(results: list[Result]) -> Any:
-    return ResultGroup(results)
 
 
 class VersionedMemoryHuey(VersionedHuey):

@@ -193,7 +193,7 @@ class Reader:
                         return task
             return self._read_general(header, body)
         except DecodeError as exc:
-            return Rejected(_reason_of(exc), None, None, str(exc))
+            return Rejected("undecodable", None, None, str(exc))
         except Exception as exc:
             # A safety net: bytes built to hit a corner no stage foresaw (say,
             # nesting deep enough to exhaust the recursion limit) must still end
@@ -480,10 +480,6 @@ def _identity_error(header: Mapping[str, Any]) -> str:
     if header.get("kind", _envelope.KIND_TASK) != _envelope.KIND_TASK:
         return f"Envelope of kind {header.get('kind')!r} where a task message was expected."
     return "Envelope header lacks a valid task name ('task') or version ('v')."
-
-
-def _reason_of(exc: DecodeError) -> str:
-    return getattr(exc, "reason", "undecodable")
 
 
 def _id(header: Mapping[str, Any]) -> Any:

@@ -116,7 +116,10 @@ class TaskSpec:
             try:
                 return self.binder(*args, **kwargs)
             except TypeError:
-                pass  # the slow path names the problem: too many arguments, a duplicate, ...
+                pass  # _bind_names names the problem: too many arguments, a duplicate, ...
+        return self._bind_names(args, kwargs)
+
+    def _bind_names(self, args: Sequence[Any], kwargs: Mapping[str, Any]) -> Any:
         payload: Any
         if args:
             payload = bind_positional(self.name, self.version, self.params, args, kwargs)
@@ -145,6 +148,7 @@ class TaskSpec:
         Raises:
             InvalidArguments: naming the task, version and field.
         """
+        # bind(), inlined for the signature's binder: this is the enqueue hot path.
         binder = self.binder
         if binder is None:
             payload = self.bind(args, kwargs)
@@ -152,7 +156,7 @@ class TaskSpec:
             try:
                 payload = binder(*args, **kwargs)
             except TypeError:
-                payload = self.bind(args, kwargs)
+                payload = self._bind_names(args, kwargs)
         try:
             value = self.validator.validate_python(payload)
         except ValidationError as exc:
