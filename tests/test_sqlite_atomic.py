@@ -11,7 +11,9 @@ import datetime
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -87,3 +89,49 @@ def test_a_scheduler_killed_while_dead_lettering_leaves_the_message_on_the_sched
     assert [task.kwargs for task in tasks] == [{"x": 1}]
     assert app.scheduled_count() == 0
     assert [entry.raw for entry in app.dead_letters] == [JUNK]
+
+
+def test_a_reused_rowid_never_takes_a_newer_message(tmp_path: Path) -> None:
+    """SQLite reuses a freed rowid: a worker whose head row was taken by another
+    worker, and refilled by a producer under the same id, must not delete the new
+    message and run the old one twice."""
+    path = str(tmp_path / "q.db")
+    producer = VersionedSqliteHuey("q", filename=path)
+
+    @producer.versioned_task(version=1, name="t.job")
+    def job_v1(n: int) -> None: ...
+
+    def worker(on_upcast: Callable[[], None]) -> VersionedSqliteHuey:
+        app = VersionedSqliteHuey("q", filename=path)
+
+        @app.versioned_task(version=2, name="t.job")
+        def job(n: int, m: int) -> int:
+            return n
+
+        @app.upcaster("t.job", from_version=1)
+        def up(payload: dict[str, Any]) -> dict[str, Any]:
+            on_upcast()
+            return {**payload, "m": 0}
+
+        return app
+
+    other = worker(lambda: None)
+    taken: list[int] = []
+
+    def meanwhile() -> None:
+        # While worker A's pipeline runs: worker B takes the same head row, and
+        # a producer enqueues a new message, which gets the freed rowid.
+        if not taken:
+            task = other.dequeue()
+            assert task is not None
+            taken.append(task.kwargs["n"])
+            job_v1(2)
+
+    first = worker(meanwhile)
+    job_v1(1)
+    task = first.dequeue()
+    assert task is not None
+    taken.append(task.kwargs["n"])
+    assert taken == [1, 2]
+    assert producer.pending_count() == 0
+    assert len(producer.dead_letters) == 0

@@ -8,8 +8,9 @@ crash leaves either the message where it was or its dead letter, never neither.
 
 The read pipeline runs before that transaction, outside the storage's lock: it
 has no side effects, and user code it calls (validators, upcasters) may then use
-the storage without deadlocking. The row is deleted by id, so when two workers
-read the same head, one deletes it and the other reads the next one.
+the storage without deadlocking. The row is deleted by id and bytes (SQLite
+reuses freed ids), so when two workers read the same head, one deletes it and
+the other reads the next one.
 """
 
 from __future__ import annotations
@@ -76,7 +77,9 @@ class AtomicSqlite:
             self._backend.ensure_table()
         try:
             with self._storage.db(commit=True) as cursor:
-                cursor.execute("delete from task where id = ?", (row_id,))
+                # By id AND bytes: SQLite reuses a freed rowid, so the id alone
+                # could name a message enqueued after another worker took ours.
+                cursor.execute("delete from task where id = ? and data = ?", (row_id, raw))
                 if cursor.rowcount != 1:
                     return False
                 if not isinstance(decision, Task | HandlerAction):
@@ -87,19 +90,17 @@ class AtomicSqlite:
                 # Rolled back, so the message is still queued. Move it behind
                 # the others, as the generic path does, so that a broken
                 # dead-letter table does not keep it at the head.
-                self._to_tail(row_id)
+                self._to_tail(row_id, raw)
             raise
 
-    def _to_tail(self, row_id: int) -> None:
+    def _to_tail(self, row_id: int, raw: bytes) -> None:
         try:
             with self._storage.db(commit=True) as cursor:
-                cursor.execute("select data from task where id = ?", (row_id,))
-                row = cursor.fetchone()
-                if row is not None:
-                    cursor.execute("delete from task where id = ?", (row_id,))
+                cursor.execute("delete from task where id = ? and data = ?", (row_id, raw))
+                if cursor.rowcount == 1:
                     cursor.execute(
                         "insert into task (queue, data, priority) values (?, ?, 0)",
-                        (self._queue, row[0]),
+                        (self._queue, raw),
                     )
         except Exception:
             logger.exception("Could not move a message that cannot be settled to the tail.")
@@ -140,7 +141,7 @@ class AtomicSqlite:
         with self._storage.db(commit=True) as cursor:
             for row_id, raw, decision in decided:
                 if isinstance(decision, Task):
-                    cursor.execute("delete from schedule where id = ?", (row_id,))
+                    cursor.execute("delete from schedule where id = ? and data = ?", (row_id, raw))
                     if cursor.rowcount == 1:
                         tasks.append(decision)
                 else:
@@ -150,7 +151,7 @@ class AtomicSqlite:
     def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> None:
         cursor.execute("savepoint vt_settle")
         try:
-            cursor.execute("delete from schedule where id = ?", (row_id,))
+            cursor.execute("delete from schedule where id = ? and data = ?", (row_id, raw))
             if cursor.rowcount == 1:
                 self._apply(cursor, raw, action)
         except Exception:
