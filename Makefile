@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit docs bench fuzz clean
+.PHONY: demo test lint types unit huey-suite docs bench fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,10 +32,15 @@ types: $(STAMP_DEV)
 unit: $(STAMP_DEV)
 	$(BIN)/pytest
 
+# Huey's own test suite, once with pickle and once with VersionedSerializer
+# (needs Redis and PostgreSQL; see docs/huey-suite.md).
+huey-suite: $(STAMP_DEV)
+	$(BIN)/python scripts/huey_suite.py
+
 docs: $(STAMP_DEV)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
-test: lint types unit docs
+test: lint types unit huey-suite docs
 
 # Long property runs, not part of `make test`: 50 times the usual cases.
 fuzz: $(STAMP_DEV)

@@ -9,7 +9,11 @@ the worker side (``huey.deserialize_task``) are timed together, and apart:
 - ``current``: a ``VersionedMemoryHuey`` at the task's current version (the
   producer validates, the worker runs the read pipeline and validates again);
 - ``upcast-1``: a message written by an app at v1, read by an app at v2;
-- ``upcast-5``: a message written by an app at v1, read by an app at v6.
+- ``upcast-5``: a message written by an app at v1, read by an app at v6;
+- ``signed``: the ``current`` case with signed envelopes (HMAC-SHA256): the
+  producer signs, the worker checks the signature before anything else;
+- ``signed-old-key``: the same, read by a worker that signs with a newer key
+  and still lists the one the message was signed with (key rotation).
 
 Each timing is the mean over ``--iterations`` calls; ``--repeat`` timings are
 taken with the cases interleaved and the garbage collector off, and the best
@@ -43,7 +47,7 @@ from typing import Any
 import orjson
 from huey import MemoryHuey
 
-from versioned_tasks import VersionedMemoryHuey
+from versioned_tasks import VersionedMemoryHuey, VersionedSerializer
 
 INVOICE_ID = 1042
 EMAIL = "billing@example.com"
@@ -56,13 +60,21 @@ TARGETS: dict[str, tuple[float | None, float | None]] = {
     "current": (1.0, 0.85),
     "upcast-1": (1.25, None),
     "upcast-5": (1.5, None),
+    "signed": (None, None),
+    "signed-old-key": (None, None),
 }
 LABELS = {
     "pickle": "(a) Huey pickle (MemoryHuey)",
     "current": "(b) versioned, current version",
     "upcast-1": "(c) versioned, 1-step upcast v1->v2",
     "upcast-5": "(d) versioned, 5-step upcast v1->v6",
+    "signed": "(e) versioned, current version, signed",
+    "signed-old-key": "(f) signed with the previous key",
 }
+
+#: Secrets of the signed cases (32 bytes or more, as the serializer requires).
+OLD_SECRET = b"benchmark-secret-k1-0123456789abcdef"
+NEW_SECRET = b"benchmark-secret-k2-0123456789abcdef"
 
 
 @dataclass
@@ -112,9 +124,11 @@ def versioned_case(key: str, producer: VersionedMemoryHuey, task: Any, worker: A
     )
 
 
-def today_app(name: str, version: int) -> tuple[VersionedMemoryHuey, Any]:
+def today_app(
+    name: str, version: int, serializer: VersionedSerializer | None = None
+) -> tuple[VersionedMemoryHuey, Any]:
     """The app as deployed today: ``send_invoice`` at ``version``, four fields."""
-    huey = VersionedMemoryHuey(name)
+    huey = VersionedMemoryHuey(name, serializer=serializer)
 
     @huey.versioned_task(version=version, name="billing.send_invoice")
     def send_invoice(
@@ -127,6 +141,24 @@ def today_app(name: str, version: int) -> tuple[VersionedMemoryHuey, Any]:
 def current_case() -> Case:
     huey, send_invoice = today_app("bench-current", 1)
     return versioned_case("current", huey, send_invoice.s(INVOICE_ID, EMAIL, lines=LINES), huey)
+
+
+def signed_case() -> Case:
+    serializer = VersionedSerializer(secret_keys={"k1": OLD_SECRET})
+    huey, send_invoice = today_app("bench-signed", 1, serializer)
+    return versioned_case("signed", huey, send_invoice.s(INVOICE_ID, EMAIL, lines=LINES), huey)
+
+
+def signed_old_key_case() -> Case:
+    old, send_invoice = today_app(
+        "bench-signed-old", 1, VersionedSerializer(secret_keys={"k1": OLD_SECRET})
+    )
+    rotated = VersionedSerializer(
+        secret_keys={"k2": NEW_SECRET, "k1": OLD_SECRET}, signing_key="k2"
+    )
+    new, _ = today_app("bench-signed-old", 1, rotated)
+    task = send_invoice.s(INVOICE_ID, EMAIL, lines=LINES)
+    return versioned_case("signed-old-key", old, task, new)
 
 
 def upcast_1_case() -> Case:
@@ -190,7 +222,14 @@ def add_history(huey: VersionedMemoryHuey) -> None:
 
 
 def build_cases() -> list[Case]:
-    cases = [pickle_case(), current_case(), upcast_1_case(), upcast_5_case()]
+    cases = [
+        pickle_case(),
+        current_case(),
+        upcast_1_case(),
+        upcast_5_case(),
+        signed_case(),
+        signed_old_key_case(),
+    ]
     for case in cases:
         task = case.deserialize(case.data)
         if not case.check(task):
@@ -255,7 +294,7 @@ def measure(cases: list[Case], iterations: int, repeat: int) -> None:
 def verdict(ratio: float, key: str) -> str:
     target, stretch = TARGETS[key]
     if target is None:
-        return "baseline"
+        return "baseline" if key == "pickle" else "-"
     if ratio > target:
         return "FAIL"
     if stretch is not None and ratio <= stretch:
@@ -298,6 +337,20 @@ def results(cases: list[Case]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def signing_overhead(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """The signed case against the unsigned one, from the same run."""
+    by_case = {row["case"]: row for row in rows}
+    signed, plain = by_case.get("signed"), by_case.get("current")
+    if signed is None or plain is None:
+        return None
+    return {
+        "round_trip_ratio": round(signed["round_trip_us"] / plain["round_trip_us"], 3),
+        "enqueue_extra_us": round(signed["enqueue_us"] - plain["enqueue_us"], 3),
+        "worker_extra_us": round(signed["worker_us"] - plain["worker_us"], 3),
+        "extra_bytes": signed["bytes"] - plain["bytes"],
+    }
 
 
 def environment(iterations: int, repeat: int) -> dict[str, Any]:
@@ -344,6 +397,13 @@ def print_table(rows: list[dict[str, Any]], env: dict[str, Any]) -> None:
     versions = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
     console.print(f"Python {env['python']} ({env['machine']}); {versions}")
     console.print(table)
+    overhead = signing_overhead(rows)
+    if overhead is not None:
+        console.print(
+            f"signing: (e) / (b) round trip = {overhead['round_trip_ratio']:.2f}x "
+            f"(enqueue +{overhead['enqueue_extra_us']:.2f} µs, worker "
+            f"+{overhead['worker_extra_us']:.2f} µs, +{overhead['extra_bytes']} bytes)"
+        )
     spread = max(row["round_trip_median_us"] / row["round_trip_us"] for row in rows)
     if spread > 1.25:
         console.print(
@@ -399,6 +459,22 @@ def current_stages() -> list[Stage]:
         ("  validator.validate_json(body)", lambda: lambda: spec.validator.validate_json(body)),
         ("  _build_task (general path)", build_task),
         ("  task_class(args, kwargs, id) alone", lambda: lambda: spec.task_class((), value, "x")),
+    ]
+
+
+def signed_stages() -> list[Stage]:
+    """The signing and checking steps of the signed case, on their own."""
+    serializer = VersionedSerializer(secret_keys={"k1": OLD_SECRET})
+    huey, send_invoice = today_app("bench-profile-signed", 1, serializer)
+    data = huey.serialize_task(send_invoice.s(INVOICE_ID, EMAIL, lines=LINES))
+    envelope = data[data.index(b"VTE1") :]
+    head, body = envelope[4:].split(b"\n", 1)
+    plain = VersionedSerializer()
+    return [
+        ("signed: serializer.frame (frame + sign)", lambda: lambda: serializer.frame(head, body)),
+        ("  (ref) unsigned serializer.frame", lambda: lambda: plain.frame(head, body)),
+        ("signed: serializer.unpack (check + unpack)", lambda: lambda: serializer.unpack(data)),
+        ("  (ref) unsigned serializer.unpack", lambda: lambda: plain.unpack(envelope)),
     ]
 
 
@@ -505,7 +581,7 @@ def cprofile_listing(calls: int, limit: int = 25) -> str:
 def print_profile(iterations: int, repeat: int) -> None:
     print("\nStage breakdown (µs per call, best of repeats, stages interleaved):")
     try:
-        stages = runnable(current_stages() + upcast_stages() + pickle_stages())
+        stages = runnable(current_stages() + signed_stages() + upcast_stages() + pickle_stages())
     except Exception as exc:  # private names move; the table above stays valid
         print(f"  unavailable: {type(exc).__name__}: {exc}")
     else:
@@ -542,7 +618,12 @@ def main(argv: list[str] | None = None) -> int:
     rows = results(cases)
     env = environment(args.iterations, args.repeat)
     if args.json:
-        print(json.dumps({"environment": env, "results": rows}, indent=2))
+        overhead = signing_overhead(rows)
+        print(
+            json.dumps(
+                {"environment": env, "results": rows, "signing_overhead": overhead}, indent=2
+            )
+        )
     else:
         print_table(rows, env)
     if args.profile:

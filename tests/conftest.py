@@ -1,4 +1,5 @@
-"""Shared fixtures: one parametrized app factory over Memory, SQLite, Redis and files.
+"""Shared fixtures: one parametrized app factory over Memory, SQLite, Redis,
+PostgreSQL and files.
 
 ``make_huey(**options)`` builds a fresh :class:`VersionedHuey` on the current
 backend. Every call within one test shares the same queue (same storage, same
@@ -22,11 +23,13 @@ from huey.storage import MemoryStorage
 from versioned_tasks import (
     VersionedFileHuey,
     VersionedHuey,
+    VersionedPostgresHuey,
     VersionedRedisHuey,
     VersionedSqliteHuey,
 )
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 
 #: Property tests run ``examples(n)`` cases: n by default, n times VT_FUZZ when
 #: that is set (``make fuzz`` runs them 50 times longer).
@@ -38,7 +41,10 @@ def examples(n: int) -> int:
     return n * FUZZ
 
 
-BACKENDS = ("memory", "sqlite", "redis", "file")
+BACKENDS = ("memory", "sqlite", "redis", "postgres", "file")
+
+#: The tables Huey's PostgresStorage and the dead-letter store use (default prefix).
+PG_TABLES = ("huey_task", "huey_schedule", "huey_kv", "huey_counter", "huey_vt_dead_letters")
 
 
 MakeHuey = Callable[..., VersionedHuey]
@@ -63,6 +69,40 @@ def require_redis() -> None:
     pytest.skip(f"Redis is not reachable at {REDIS_URL}")
 
 
+def postgres_available() -> bool:
+    try:
+        import psycopg
+
+        with psycopg.connect(PG_DSN, connect_timeout=2) as conn:
+            conn.execute("select 1")
+    except Exception:
+        return False
+    return True
+
+
+def require_postgres() -> None:
+    """Skip without PostgreSQL locally; fail under CI, where it must be running."""
+    if postgres_available():
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL is not reachable at {PG_DSN} and CI is set.")
+    pytest.skip(f"PostgreSQL is not reachable at {PG_DSN}")
+
+
+def _flush_postgres_name(name: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for table in PG_TABLES:
+            # The dead-letter table exists only once some test has used it.
+            if conn.execute("select to_regclass(%s)", (table,)).fetchone() != (None,):
+                conn.execute(
+                    sql.SQL("delete from {} where queue = %s").format(sql.Identifier(table)),
+                    (name,),
+                )
+
+
 def _flush_redis_name(name: str) -> None:
     import redis
 
@@ -82,6 +122,8 @@ def backend(request: pytest.FixtureRequest) -> str:
     """The name of the storage backend under test."""
     if request.param == "redis":
         require_redis()
+    elif request.param == "postgres":
+        require_postgres()
     return str(request.param)
 
 
@@ -89,8 +131,14 @@ def backend(request: pytest.FixtureRequest) -> str:
 def make_huey(backend: str, queue_name: str, tmp_path: Path) -> Iterator[MakeHuey]:
     """A factory of VersionedHuey apps that all share one queue on ``backend``."""
     shared_memory: list[MemoryStorage] = []
+    made: list[VersionedHuey] = []
 
     def factory(**options: Any) -> VersionedHuey:
+        huey = build(**options)
+        made.append(huey)
+        return huey
+
+    def build(**options: Any) -> VersionedHuey:
         if backend == "memory":
             huey = VersionedHuey(queue_name, storage_class=MemoryStorage, **options)
             if not options.get("immediate"):
@@ -103,8 +151,14 @@ def make_huey(backend: str, queue_name: str, tmp_path: Path) -> Iterator[MakeHue
             return VersionedSqliteHuey(queue_name, filename=str(tmp_path / "queue.db"), **options)
         if backend == "file":
             return VersionedFileHuey(queue_name, path=str(tmp_path / "queue"), **options)
+        if backend == "postgres":
+            return VersionedPostgresHuey(queue_name, dsn=PG_DSN, blocking=False, **options)
         return VersionedRedisHuey(queue_name, url=REDIS_URL, blocking=False, **options)
 
     yield factory
     if backend == "redis":
         _flush_redis_name(queue_name)
+    elif backend == "postgres":
+        for huey in made:
+            huey.storage.close()  # one connection per app: do not wait for the GC
+        _flush_postgres_name(queue_name)

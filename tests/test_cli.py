@@ -250,6 +250,42 @@ def test_show_previews_a_pickle_without_unpickling_it(
     assert _UNPICKLED == []
 
 
+SIGNED_APP = """\
+from versioned_tasks import VersionedSerializer, VersionedSqliteHuey
+
+huey = VersionedSqliteHuey(
+    "cli",
+    filename={filename!r},
+    serializer=VersionedSerializer(secret_keys={{{key_id!r}: b"s" * 32}}),
+)
+
+@huey.versioned_task(version=1, name="billing.send_invoice")
+def send_invoice(invoice_id: int) -> int:
+    return invoice_id
+"""
+
+
+def test_show_reads_signed_entries_with_the_apps_keys(
+    runner: CliRunner, write_app: WriteApp, tmp_path: Path
+) -> None:
+    """A signed message is shown through the app's keys; one whose signature does
+    not check is still shown, marked as not verified."""
+    filename = str(tmp_path / "queue.db")
+    producer = app_of(write_app(source=SIGNED_APP.format(filename=filename, key_id="k1")))
+    worker_module = write_app(source=SIGNED_APP.format(filename=filename, key_id="k2"))
+    producer.enqueue(importlib.import_module(worker_module).send_invoice.s(7))
+    worker = app_of(worker_module)
+    assert dequeue_all(worker) == []
+    [entry] = worker.dead_letters
+    assert entry.reason == "bad_signature"
+    result = invoke(runner, "dlq", "show", entry.id, "--app", f"{worker_module}:huey")
+    assert result.exit_code == 0, result.output
+    assert '"task": "billing.send_invoice"' in result.output
+    assert '"invoice_id": 7' in result.output
+    assert "Signature not verified, shown as written" in result.output
+    assert "Not readable as an envelope" not in result.output
+
+
 def test_show_json_carries_the_exact_bytes(runner: CliRunner, queue: Queue) -> None:
     result = invoke(
         runner, "dlq", "show", queue.ids["undecodable"], "--app", f"{queue.new}:huey", "--json"

@@ -23,8 +23,9 @@ CONSUMER_OPTIONS: dict[str, Any] = {
     "workers": 2,
     "worker_type": "thread",
     "periodic": False,
-    "initial_delay": 0.05,
-    "max_delay": 0.2,
+    "initial_delay": 0.02,
+    "max_delay": 0.1,
+    "backoff": 1.5,
     "scheduler_interval": 1,
     "check_worker_health": False,
 }

@@ -1,18 +1,20 @@
 """The dead-letter store: every reason the worker produces, the store API, and replay.
 
-Every test runs on Memory, SQLite and Redis through the ``make_huey`` fixture;
-two apps made in one test share one queue, so one plays the old deploy and the
-other the new one.
+Every test runs on Memory, SQLite, Redis, PostgreSQL and files through the
+``make_huey`` fixture; two apps made in one test share one queue, so one plays
+the old deploy and the other the new one. The tests at the end pin what is
+particular to PostgreSQL: where its table lives and when it is created.
 """
 
 import datetime
 import pickle
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import PG_DSN, require_postgres
 from huey.api import Result
 from huey.registry import Message
 
@@ -22,6 +24,7 @@ from versioned_tasks import (
     ReplayFailed,
     RetiredMessage,
     VersionedHuey,
+    VersionedPostgresHuey,
 )
 
 MakeHuey = Callable[..., VersionedHuey]
@@ -587,3 +590,113 @@ def test_replay_from_a_restarted_instance_uses_the_shared_store(make_huey: MakeH
     fixed.execute(fixed.dequeue())
     assert result.get() == 14
     assert len(make_huey().dead_letters) == 0
+
+
+# -- PostgreSQL: the table ----------------------------------------------------------
+
+
+PostgresApp = Callable[..., VersionedPostgresHuey]
+
+
+@pytest.fixture
+def postgres_app(queue_name: str) -> Iterator[PostgresApp]:
+    """VersionedPostgresHuey apps on tables of their own (a fresh ``table_prefix``),
+    dropped afterwards."""
+    require_postgres()
+    import psycopg
+
+    prefixes: set[str] = set()
+    apps: list[VersionedPostgresHuey] = []
+
+    def factory(prefix: str = queue_name, **options: Any) -> VersionedPostgresHuey:
+        prefixes.add(prefix)
+        app = VersionedPostgresHuey(
+            queue_name, dsn=PG_DSN, blocking=False, table_prefix=prefix, **options
+        )
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        app.storage.close()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        for prefix in prefixes:
+            for table in ("task", "schedule", "kv", "counter", "vt_dead_letters"):
+                conn.execute(f"drop table if exists {prefix}_{table}")
+
+
+def pg_table_exists(name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(PG_DSN) as conn:
+        row = conn.execute("select to_regclass(%s)", (name,)).fetchone()
+    return row is not None and row[0] is not None
+
+
+def test_postgres_dead_letters_go_to_a_table_beside_hueys_created_on_first_use(
+    postgres_app: PostgresApp, queue_name: str
+) -> None:
+    """The table is ``<table_prefix>_vt_dead_letters``; neither constructing the app
+    nor running good messages creates it, the first dead letter does."""
+    app = postgres_app()
+    table = f"{queue_name}_vt_dead_letters"
+    refund = declare_refund_v1(app)
+    refund(7)
+    app.execute(app.dequeue())
+    assert not pg_table_exists(table)
+
+    app.storage.enqueue(b"!junk")
+    assert app.dequeue() is None
+
+    assert pg_table_exists(table)
+    [entry] = app.dead_letters
+    assert (entry.reason, entry.raw) == ("undecodable", b"!junk")
+
+
+def test_postgres_apps_with_different_table_prefixes_have_separate_stores(
+    postgres_app: PostgresApp, queue_name: str
+) -> None:
+    """Like Huey's own tables, the store follows ``table_prefix``: same queue name,
+    other prefix, other entries."""
+    first = postgres_app()
+    second = postgres_app(prefix=f"{queue_name}_other")
+    [entry] = fill_with_junk(first, b"!first")
+
+    assert list(first.dead_letters) == [entry]
+    assert len(second.dead_letters) == 0
+    assert len(postgres_app().dead_letters) == 1  # same prefix, same store
+
+
+def test_postgres_keeps_the_exact_bytes_including_nul_and_non_utf8(
+    postgres_app: PostgresApp,
+) -> None:
+    """Raw bytes are stored as bytea: every byte value comes back unchanged."""
+    app = postgres_app()
+    raw = bytes(range(256)) * 3
+    app.storage.enqueue(raw)
+    assert app.dequeue() is None
+    [entry] = app.dead_letters
+    assert entry.raw == raw
+
+
+def test_postgres_dequeue_puts_the_bytes_back_when_the_dead_letter_write_fails(
+    postgres_app: PostgresApp, queue_name: str
+) -> None:
+    """A dead-letter write that fails (here: a foreign table under the store's name)
+    raises from dequeue(), and the message goes back on the queue."""
+    import psycopg
+
+    app = postgres_app()
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"create table {queue_name}_vt_dead_letters (unrelated integer)")
+    app.storage.enqueue(b"!junk")
+
+    with pytest.raises(psycopg.errors.UndefinedColumn):
+        app.dequeue()
+
+    assert queued(app) == [b"!junk"]
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f"drop table {queue_name}_vt_dead_letters")
+    restarted = postgres_app()
+    assert restarted.dequeue() is None
+    assert [entry.raw for entry in restarted.dead_letters] == [b"!junk"]

@@ -6,9 +6,10 @@ import inspect
 import types
 
 import pytest
+from huey import storage
 
 import versioned_tasks
-from versioned_tasks import InvalidArguments, VersionedTaskError
+from versioned_tasks import InvalidArguments, VersionedHuey, VersionedTaskError
 
 ERROR_CLASSES = sorted(
     (
@@ -73,10 +74,13 @@ def test_the_error_tree_is_exported() -> None:
         "DeadLetterNotFound",
         "DecodeError",
         "EncodeError",
+        "EnvelopeTooLarge",
         "InvalidArguments",
+        "InvalidResult",
         "MessageRejected",
         "ReplayFailed",
         "SchemaError",
+        "SignatureError",
         "VersionedTaskError",
     }
 
@@ -136,3 +140,37 @@ def test_reserved_parameters_are_the_documented_names() -> None:
         "expires",
         "timeout",
     }
+
+
+#: Each ready-made app class and the Huey storage it runs on.
+READY_MADE = {
+    "VersionedFileHuey": storage.FileStorage,
+    "VersionedMemoryHuey": storage.MemoryStorage,
+    "VersionedPostgresHuey": storage.PostgresStorage,
+    "VersionedPriorityRedisExpireHuey": storage.PriorityRedisExpireStorage,
+    "VersionedPriorityRedisHuey": storage.PriorityRedisStorage,
+    "VersionedRedisExpireHuey": storage.RedisExpireStorage,
+    "VersionedRedisHuey": storage.RedisStorage,
+    "VersionedSqliteHuey": storage.SqliteStorage,
+}
+
+
+def test_every_ready_made_app_class_is_exported() -> None:
+    """Exactly the ready-made classes above are exported VersionedHuey subclasses."""
+    exported = {
+        name
+        for name in versioned_tasks.__all__
+        if isinstance(getattr(versioned_tasks, name), type)
+        and issubclass(getattr(versioned_tasks, name), VersionedHuey)
+        and name != "VersionedHuey"
+    }
+    assert exported == set(READY_MADE)
+
+
+@pytest.mark.parametrize(("name", "storage_class"), sorted(READY_MADE.items()))
+def test_each_ready_made_app_class_uses_its_storage(name: str, storage_class: type) -> None:
+    """A ready-made class is a VersionedHuey on the Huey storage its name says."""
+    app_class = getattr(versioned_tasks, name)
+    assert issubclass(app_class, VersionedHuey)
+    assert app_class.storage_class is storage_class
+    assert app_class.__doc__

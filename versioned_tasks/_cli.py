@@ -7,6 +7,7 @@
     versioned-tasks dlq show    ID --app module.attr [--json]
     versioned-tasks dlq replay  (ID | --all [--reason R]) --app module.attr [--dry-run]
     versioned-tasks dlq purge   --app module.attr [--yes]
+    versioned-tasks migrate-queue --app module.attr [--dry-run] [--legacy-pickle]
 
 ``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
 or ``package.module:attribute``; the current directory is importable.
@@ -38,7 +39,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import _demo
+from . import _demo, _envelope, _legacy
 from ._deadletters import DeadLetter
 from ._huey import VersionedHuey
 from ._pipeline import REASONS
@@ -282,16 +283,38 @@ class _Decoded:
     problem: str | None
 
 
-def _decode(raw: bytes) -> _Decoded:
-    # Only the envelope is ever parsed: anything else is shown as bytes.
+def _decode(raw: bytes, app: Any) -> _Decoded:
+    # Only the envelope is ever parsed: anything else is shown as bytes. The
+    # app's own serializer checks signatures; an envelope whose signature does
+    # not check is still shown, marked as unverified.
+    # (With legacy_pickle, app.serializer wraps the VersionedSerializer and
+    # passes unpack through.)
+    unpack = getattr(app.serializer, "unpack", None) or VersionedSerializer().unpack
+    problem = None
     try:
-        header, body = VersionedSerializer().unpack(raw)
+        header, body = unpack(raw)
     except DecodeError as exc:
-        return _Decoded(None, None, str(exc))
+        inner = _signed_content(raw)
+        if inner is None:
+            return _Decoded(None, None, str(exc))
+        try:
+            limit = max(len(inner), _envelope.DEFAULT_MAX_SIZE)
+            header, body = VersionedSerializer(max_size=limit).unpack(inner)
+        except DecodeError:
+            return _Decoded(None, None, str(exc))
+        problem = f"Signature not verified, shown as written: {exc}"
     try:
-        return _Decoded(header, orjson.loads(body), None)
+        return _Decoded(header, orjson.loads(body), problem)
     except orjson.JSONDecodeError as exc:
         return _Decoded(header, None, f"Envelope body is not valid JSON: {exc}")
+
+
+def _signed_content(raw: bytes) -> bytes | None:
+    """The envelope inside a signed message (``VTS1<id>:<mac><envelope>``), unchecked."""
+    if not raw.startswith(_envelope.SIGNED_MAGIC + _envelope.FORMAT):
+        return None
+    start = raw.find(b":") + 1 + 64  # 64 hex digits of HMAC-SHA256
+    return raw[start:] if start > 64 else None
 
 
 @dlq.command("show")
@@ -303,7 +326,7 @@ def show_command(entry_id: str, app_path: str, as_json: bool) -> None:
     """Show one dead letter in full: header, body and a safe preview of its bytes."""
     app = load_app(app_path)
     entry = app.dead_letters.get(entry_id)
-    decoded = _decode(entry.raw)
+    decoded = _decode(entry.raw, app)
     if as_json:
         data = _entry_json(entry)
         data.update(
@@ -320,7 +343,9 @@ def show_command(entry_id: str, app_path: str, as_json: bool) -> None:
         console.print(Panel(JSON.from_data(decoded.header), title="envelope header"))
     if decoded.body is not None:
         console.print(Panel(JSON.from_data(decoded.body), title="envelope body"))
-    if decoded.problem is not None:
+    if decoded.problem is not None and decoded.header is not None:
+        _line(console, decoded.problem)
+    elif decoded.problem is not None:
         _line(console, f"Not readable as an envelope: {decoded.problem}")
     console.print(Panel(_raw_preview(entry.raw), title=f"raw bytes ({len(entry.raw)})"))
     _line(console, f"Replay today: {_check(app, entry).text}")
@@ -498,3 +523,88 @@ def purge_command(app_path: str, yes: bool) -> None:
         sys.exit(EXIT_PROBLEMS)
     removed = app.dead_letters.purge()
     click.echo(f"Deleted {removed} dead letters from queue {app.name!r}.")
+
+
+# -- migrate-queue --------------------------------------------------------------------------
+
+
+@main.command("migrate-queue", short_help="Rewrite legacy pickled messages as envelopes.")
+@_app_option
+@click.option("--dry-run", is_flag=True, help="Only count what would change; write nothing.")
+@click.option(
+    "--legacy-pickle",
+    "unpickle",
+    is_flag=True,
+    help="Unpickle even though the app has legacy_pickle off (unpickling runs code).",
+)
+@_handles_errors
+def migrate_queue_command(app_path: str, dry_run: bool, unpickle: bool) -> None:
+    """Rewrite the legacy pickled messages of the queue and the schedule as envelopes.
+
+    In place, on a live queue: each message keeps its id, its place, its
+    priority and its eta. Envelopes already there are left untouched; a
+    message that cannot be converted goes to the dead-letter store with its
+    original bytes. The exit code is 1 when any message was (or, with
+    --dry-run, would be) dead-lettered.
+    """
+    app = load_app(app_path)
+    converter = app._legacy or (_legacy.build_converter(app, True) if unpickle else None)
+    if converter is None:
+        raise CannotRun(
+            f"migrate-queue unpickles the legacy messages of {app.name!r}, which runs code "
+            f"named by their bytes; construct the app with legacy_pickle=True, or pass "
+            f"--legacy-pickle."
+        )
+    app.check_schemas()
+    report = _legacy.migrate(app, converter, dry_run=dry_run)
+    console = _console()
+    for line in _migration_lines(app.name, report):
+        _line(console, line)
+    if report.dead_lettered:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _migration_lines(name: str, report: _legacy.MigrationReport) -> list[str]:
+    lines = [
+        _tally_line(f"Queue {name!r}", report.queue, report.dry_run),
+        _tally_line(f"Schedule {name!r}", report.schedule, report.dry_run),
+    ]
+    for moved in report.moved:
+        version = f" v{moved.version}" if moved.version is not None else ""
+        entry = f" as entry {moved.entry_id}" if moved.entry_id else ""
+        verb = "would dead-letter" if report.dry_run else "dead-lettered"
+        lines.append(
+            f"{moved.area}: {verb} {moved.task or 'unreadable'}{version} ({moved.reason})"
+            f"{entry}: {moved.error}"
+        )
+    keys = report.legacy_values
+    if keys:
+        shown = ", ".join(keys[:5]) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+        lines.append(
+            f"Result store: {len(keys)} legacy pickled values ({shown}), left as they are; "
+            f"they are readable while legacy_pickle is on."
+        )
+    else:
+        lines.append("Result store: no legacy pickled values.")
+    if report.dry_run:
+        legacy = report.queue.converted + report.schedule.converted + report.dead_lettered
+        if not legacy and not keys:
+            lines.append(
+                "Nothing legacy is left in the queue, the schedule or the result store: "
+                "legacy_pickle can be turned off."
+            )
+        lines.append("Dry run: nothing was changed.")
+    return lines
+
+
+def _tally_line(area: str, tally: _legacy.Tally, dry_run: bool) -> str:
+    if dry_run:
+        return (
+            f"{area}: {tally.converted} to convert, {tally.envelopes} already envelopes, "
+            f"{tally.dead_lettered} to dead-letter."
+        )
+    taken = f", {tally.taken} taken by a worker meanwhile" if tally.taken else ""
+    return (
+        f"{area}: {tally.converted} converted, {tally.envelopes} already envelopes, "
+        f"{tally.dead_lettered} dead-lettered{taken}."
+    )

@@ -15,19 +15,32 @@ so no user value is ever mistaken for a tag.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import decimal
 import math
+import sys
+import threading
+import traceback
 import uuid
 from collections.abc import Callable
-from typing import Any
+from types import ModuleType
+from typing import Annotated, Any
 
+import orjson
+from huey.registry import Message
 from huey.utils import SKIPPED, Error
-from pydantic import BaseModel
+from pydantic import (
+    BaseModel,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+)
 
 from .exceptions import DecodeError, EncodeError
 
-__all__ = ["RemoteException", "decode", "encode"]
+__all__ = ["RemoteException", "decode", "encode", "register_model"]
 
 _SCALARS = (str, int, float, bool, type(None))
 # orjson writes integers in this range; others travel as strings.
@@ -38,14 +51,30 @@ class RemoteException(Exception):
     """Stands in for an exception that crossed the queue (e.g. the one Huey
     appends to an ``on_error`` handler's arguments).
 
+    When the original class is already loaded in the reading process (its
+    module is in ``sys.modules``; nothing is imported) and is an ``Exception``
+    subclass, the stand-in is an instance of a class deriving from both that
+    class and ``RemoteException``: ``isinstance(exc, ValueError)``,
+    ``type(exc).__name__`` and ``repr(exc)`` behave as for the original. Its
+    ``args`` and attributes are restored from JSON; a user-defined class's
+    ``__init__`` is not called. Otherwise it is a plain ``RemoteException``.
+
     Attributes:
-        type_name: the original exception's qualified type name.
+        type_name: the original exception's qualified type name
+            (``"module.QualName"``).
         message: ``str()`` of the original exception.
+        remote_traceback: the traceback text captured where it was raised,
+            or ``None``.
     """
 
-    def __init__(self, type_name: str, message: str) -> None:
+    type_name: str
+    message: str
+    remote_traceback: str | None
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str | None = None) -> None:
         self.type_name = type_name
         self.message = message
+        self.remote_traceback = remote_traceback
         super().__init__(f"{type_name}: {message}")
 
 
@@ -89,16 +118,16 @@ def _encode_other(value: Any, path: str) -> Any:
         return {"$skipped": True}
     if isinstance(value, Error):
         return {"$error": encode(value.metadata, f"{path}.metadata")}
+    if isinstance(value, Message):  # a namedtuple: before the tuple case
+        from ._pipeline import message_object
+
+        return {"$message": message_object(value, path)}
     if isinstance(value, tuple):
         return {"$tuple": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
     if isinstance(value, list):
         return [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]
     if isinstance(value, dict):
         return _encode_dict(dict(value), path)
-    if isinstance(value, BaseModel):
-        return encode(value.model_dump(mode="json"), path)
-    if isinstance(value, BaseException):
-        return {"$exception": [_qualname(type(value)), str(value)]}
     for kind, encoder in _ENCODERS.items():
         if isinstance(value, kind):
             return encoder(value, path)
@@ -108,6 +137,14 @@ def _encode_other(value: Any, path: str) -> Any:
         f"Decimals and pydantic models; convert the value to one of these.",
         path=path,
     )
+
+
+def _encode_model(value: BaseModel, path: str) -> Any:
+    data = value.model_dump(mode="json")
+    name = _qualname(type(value))
+    if _MODELS.get(name) is type(value):
+        return {"$model": [name, data]}
+    return encode(data, path)
 
 
 def _plain_scalar(value: Any) -> Any:
@@ -124,6 +161,153 @@ def _qualname(kind: type) -> str:
     return f"{kind.__module__}.{kind.__qualname__}"
 
 
+# Attributes of a stand-in that belong to RemoteException, not to the original.
+_STAND_IN_ATTRS = frozenset(("type_name", "message", "remote_traceback"))
+
+
+_ENCODING = threading.local()
+
+
+def _encode_exception(exc: BaseException, path: str) -> dict[str, Any]:
+    """The exception's type, message, traceback text, ``args`` and attributes;
+    whatever of the last two JSON cannot carry is left out, never an error."""
+    if isinstance(exc, RemoteException):
+        kind = type(exc)
+        module = kind.__module__ if kind is not RemoteException else None
+        qualname = kind.__qualname__ if kind is not RemoteException else None
+        type_name, message, tb = exc.type_name, exc.message, exc.remote_traceback
+    else:
+        module, qualname = type(exc).__module__, type(exc).__qualname__
+        type_name, message = _qualname(type(exc)), _safe_str(exc)
+        tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
+    out: dict[str, Any] = {"type": type_name, "message": message}
+    if tb is not None:
+        out["traceback"] = tb
+    # An exception reachable from its own args or attributes is written once.
+    active: set[int] = _ENCODING.__dict__.setdefault("active", set())
+    if module is None or qualname is None or id(exc) in active:
+        return out
+    out["module"], out["qualname"] = module, qualname
+    active.add(id(exc))
+    try:
+        with contextlib.suppress(EncodeError):
+            out["args"] = encode(list(exc.args), f"{path}.args")
+        state = {}
+        for key, item in vars(exc).items():
+            if key in _STAND_IN_ATTRS or type(key) is not str:
+                continue
+            with contextlib.suppress(EncodeError):
+                state[key] = encode(item, f"{path}.{key}")
+        if state:
+            out["state"] = state
+    finally:
+        active.discard(id(exc))
+    return out
+
+
+def exception_field(kind: type[BaseException]) -> Any:
+    """A pydantic annotation for a task parameter typed as an exception class.
+
+    Huey appends the failure to an ``on_error`` handler's arguments: a
+    versioned handler declared ``def handler(exc: Exception)`` receives it. On
+    the wire it is the same object as ``$exception`` carries; the worker gets
+    the stand-in described in :class:`RemoteException`, which must be an
+    instance of ``kind``.
+    """
+
+    def validate(value: Any) -> BaseException:
+        if type(value) is dict:
+            value = _decode_exception(value)
+        elif isinstance(value, BaseException) and not isinstance(value, RemoteException):
+            # Huey appends the live exception in the worker: hand on the same
+            # stand-in the handler would get after the trip through the queue.
+            value = _decode_exception(_encode_exception(value, "exception"))
+        if not isinstance(value, kind):
+            raise ValueError(f"expected an exception of type {kind.__name__}")
+        return value
+
+    return Annotated[
+        kind,
+        PlainValidator(validate),
+        PlainSerializer(lambda exc: _encode_exception(exc, "exception"), return_type=dict),
+        WithJsonSchema({"type": "object", "description": f"an exception ({kind.__name__})"}),
+    ]
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__ must not lose the failure report
+        return f"<unprintable {type(exc).__name__}>"
+
+
+def _decode_exception(payload: Any) -> RemoteException:
+    if type(payload) is list:  # format written by 0.1.0: [type, message]
+        return RemoteException(str(payload[0]), str(payload[1]))
+    if type(payload) is not dict:
+        raise TypeError("exception payload is not an object")
+    type_name, message = str(payload["type"]), str(payload["message"])
+    tb = payload.get("traceback")
+    tb = None if tb is None else str(tb)
+    cls = _loaded_class(payload.get("module"), payload.get("qualname"))
+    if cls is not None:
+        args = decode(payload.get("args", [message]))
+        state = decode(payload.get("state", {}))
+        if type(args) is list and type(state) is dict:
+            built = _rebuild(cls, tuple(args), state)
+            if built is not None:
+                built.type_name, built.message, built.remote_traceback = type_name, message, tb
+                return built
+    return RemoteException(type_name, message, tb)
+
+
+def _loaded_class(module: Any, qualname: Any) -> type[RemoteException] | None:
+    """The stand-in class for an exception class that is already loaded."""
+    if type(module) is not str or type(qualname) is not str:
+        return None
+    found: Any = sys.modules.get(module)  # never imports
+    for part in qualname.split("."):
+        if found is None or part.startswith("__"):
+            return None
+        # vars(), not getattr(): a module-level __getattr__ could import.
+        found = vars(found).get(part) if isinstance(found, type | ModuleType) else None
+    if not (isinstance(found, type) and issubclass(found, Exception)):
+        return None
+    return _stand_in_class(found)
+
+
+_STAND_INS: dict[type[Exception], type[RemoteException] | None] = {}
+
+
+def _stand_in_class(original: type[Exception]) -> type[RemoteException] | None:
+    if issubclass(original, RemoteException):
+        return original
+    if original not in _STAND_INS:
+        namespace = {"__module__": original.__module__, "__qualname__": original.__qualname__}
+        try:
+            made = type(original.__name__, (original, RemoteException), namespace)
+        except TypeError:  # a final class, or a layout that cannot be mixed
+            made = None
+        _STAND_INS[original] = made
+    return _STAND_INS[original]
+
+
+def _rebuild(
+    cls: type[RemoteException], args: tuple[Any, ...], state: dict[Any, Any]
+) -> RemoteException | None:
+    try:
+        exc = cls.__new__(cls, *args)
+        # Built-in exceptions keep fields in C slots that only their __init__
+        # fills; a user-defined __init__ is not run (its state comes from JSON).
+        builtin: Any = next(k for k in cls.__mro__ if k.__module__ == "builtins")
+        builtin.__init__(exc, *args)
+        exc.args = args
+        exc.__dict__.update({k: v for k, v in state.items() if type(k) is str})
+    except Exception:
+        return None
+    return exc
+
+
 _ENCODERS: dict[type, Callable[[Any, str], Any]] = {
     tuple: lambda v, p: {"$tuple": [encode(x, f"{p}[{i}]") for i, x in enumerate(v)]},
     datetime.datetime: lambda v, p: {"$datetime": v.isoformat()},
@@ -135,6 +319,8 @@ _ENCODERS: dict[type, Callable[[Any, str], Any]] = {
     decimal.Decimal: lambda v, p: {"$decimal": str(v)},
     set: lambda v, p: {"$set": [encode(x, f"{p}<item>") for x in v]},
     frozenset: lambda v, p: {"$frozenset": [encode(x, f"{p}<item>") for x in v]},
+    BaseModel: _encode_model,
+    BaseException: lambda v, p: {"$exception": _encode_exception(v, p)},
 }
 
 
@@ -163,6 +349,35 @@ def _decode_tag(tag: str, payload: Any) -> Any:
         raise DecodeError(f"Malformed {tag} value: {exc}") from None
 
 
+# Result models declared with versioned_task(result_model=...), by qualified
+# name: only these are rebuilt from a stored value; nothing is imported.
+_MODELS: dict[str, type[BaseModel]] = {}
+
+
+def register_model(model: type[BaseModel]) -> None:
+    """Let values of ``model`` come back as ``model`` rather than as a dict."""
+    _MODELS[_qualname(model)] = model
+
+
+def _decode_model(payload: Any) -> Any:
+    name, data = payload
+    model = _MODELS.get(name)
+    if model is None:
+        return data  # JSON-mode data, as model_dump(mode="json") wrote it
+    try:
+        return model.model_validate_json(orjson.dumps(data))
+    except ValidationError as exc:
+        raise ValueError(
+            f"stored value no longer validates as {name} ({exc.error_count()} errors)"
+        ) from None
+
+
+def _decode_message(payload: Any) -> Message:
+    from ._pipeline import message_from_object
+
+    return message_from_object(payload)
+
+
 def _decode_dict_pairs(pairs: list[list[Any]]) -> dict[Any, Any]:
     return {_hashable(decode(k)): decode(v) for k, v in pairs}
 
@@ -189,5 +404,7 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
     "$dict": _decode_dict_pairs,
     "$skipped": lambda p: SKIPPED,
     "$error": lambda p: Error(decode(p)),
-    "$exception": lambda p: RemoteException(str(p[0]), str(p[1])),
+    "$exception": _decode_exception,
+    "$message": _decode_message,
+    "$model": _decode_model,
 }

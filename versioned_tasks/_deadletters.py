@@ -1,8 +1,8 @@
 """The dead-letter store: exact bytes of every message that could not run.
 
-It lives in the same backend as the queue (a table in the SQLite database, Redis
-keys under the queue's name, files beside a FileStorage's queue, a dict on a
-MemoryStorage) and never in Huey's
+It lives in the same backend as the queue (a table in the SQLite or PostgreSQL
+database, Redis keys under the queue's name, files beside a FileStorage's queue,
+a dict on a MemoryStorage) and never in Huey's
 result store, whose ``flush_results()`` would wipe it.
 """
 
@@ -18,7 +18,13 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import orjson
-from huey.storage import FileStorage, MemoryStorage, RedisStorage, SqliteStorage
+from huey.storage import (
+    FileStorage,
+    MemoryStorage,
+    PostgresStorage,
+    RedisStorage,
+    SqliteStorage,
+)
 
 from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
 
@@ -246,46 +252,46 @@ class MemoryBackend:
         return newest_first[offset : offset + limit]
 
 
-class SqliteBackend:
-    """A ``vt_dead_letters`` table in the queue's own SQLite database."""
+class _SqlBackend:
+    """A dead-letter table beside a SQL storage's own tables, rows keyed by queue.
 
-    _DDL = (
-        "create table if not exists vt_dead_letters ("
-        "seq integer primary key autoincrement, id text not null unique, "
-        "queue text not null, reason text not null, task text, version integer, "
-        "raw blob not null, error text not null, created_at real not null)",
-        "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
-    )
+    Subclasses say how to create the table and how to run one statement;
+    the statements themselves are shared, written with the driver's
+    placeholder.
+    """
+
     _COLUMNS = "id, reason, task, version, raw, error, created_at"
 
-    def __init__(self, storage: SqliteStorage) -> None:
+    def __init__(self, storage: Any, table: str, placeholder: str) -> None:
         self._storage = storage
         self._queue = storage.name
+        self.table = table
         self._ready = False
+        p = placeholder
+        where = f"where queue = {p}"
+        self._insert = (
+            f"insert into {table} (id, queue, reason, task, version, raw, error, "
+            f"created_at) values ({', '.join([p] * 8)})"
+        )
+        self._get = f"select {self._COLUMNS} from {table} {where} and id = {p}"
+        self._update = f"update {table} set reason = {p}, error = {p} {where} and id = {p}"
+        self._delete = f"delete from {table} {where} and id = {p}"
+        self._purge = f"delete from {table} {where}"
+        self._count = f"select count(*) from {table} {where}"
+        self._page = (
+            f"select {self._COLUMNS} from {table} {where} order by seq desc limit {p} offset {p}"
+        )
 
     def ensure_table(self) -> None:
-        """Create the table on first use (outside any other transaction)."""
-        if not self._ready:
-            with self._storage.db(commit=True) as cursor:
-                for ddl in self._DDL:
-                    cursor.execute(ddl)
-            self._ready = True
+        raise NotImplementedError
 
-    def _sql(self, query: str, params: tuple[Any, ...] = (), *, commit: bool = False) -> Any:
-        self.ensure_table()
-        with self._storage.db(commit=commit) as cursor:
-            cursor.execute(query, params)
-            return cursor.fetchall() if not commit else cursor.rowcount
+    def _sql(self, query: str, params: tuple[Any, ...] = (), *, write: bool = False) -> Any:
+        raise NotImplementedError
 
     @staticmethod
     def _row(row: tuple[Any, ...]) -> DeadLetter:
         id, reason, task, version, raw, error, created = row
         return DeadLetter(id, reason, task, version, bytes(raw), error, _utc(created))
-
-    _INSERT = (
-        "insert into vt_dead_letters (id, queue, reason, task, version, raw, error, "
-        "created_at) values (?, ?, ?, ?, ?, ?, ?, ?)"
-    )
 
     def _row_values(self, entry: DeadLetter) -> tuple[Any, ...]:
         return (
@@ -300,53 +306,113 @@ class SqliteBackend:
         )
 
     def add(self, entry: DeadLetter) -> None:
-        self._sql(self._INSERT, self._row_values(entry), commit=True)
+        self._sql(self._insert, self._row_values(entry), write=True)
 
     def insert(self, cursor: Any, raw: bytes, action: Any) -> DeadLetter:
         """Write an entry with the caller's cursor, inside the caller's transaction."""
         entry = new_entry(action.reason, raw, action.error, action.task, action.version)
-        cursor.execute(self._INSERT, self._row_values(entry))
+        cursor.execute(self._insert, self._row_values(entry))
         return entry
 
     def get(self, id: str) -> DeadLetter | None:
-        rows = self._sql(
-            f"select {self._COLUMNS} from vt_dead_letters where queue = ? and id = ?",
-            (self._queue, id),
-        )
+        rows = self._sql(self._get, (self._queue, id))
         return self._row(rows[0]) if rows else None
 
     def update(self, id: str, reason: str, error: str) -> bool:
-        count = self._sql(
-            "update vt_dead_letters set reason = ?, error = ? where queue = ? and id = ?",
-            (reason, error, self._queue, id),
-            commit=True,
-        )
-        return bool(count)
+        return bool(self._sql(self._update, (reason, error, self._queue, id), write=True))
 
     def delete(self, id: str) -> bool:
-        count = self._sql(
-            "delete from vt_dead_letters where queue = ? and id = ?",
-            (self._queue, id),
-            commit=True,
-        )
-        return bool(count)
+        return bool(self._sql(self._delete, (self._queue, id), write=True))
 
     def purge(self) -> int:
-        return int(
-            self._sql("delete from vt_dead_letters where queue = ?", (self._queue,), commit=True)
-        )
+        return int(self._sql(self._purge, (self._queue,), write=True))
 
     def count(self) -> int:
-        rows = self._sql("select count(*) from vt_dead_letters where queue = ?", (self._queue,))
-        return int(rows[0][0])
+        return int(self._sql(self._count, (self._queue,))[0][0])
 
     def page(self, offset: int, limit: int) -> list[DeadLetter]:
-        rows = self._sql(
-            f"select {self._COLUMNS} from vt_dead_letters where queue = ? "
-            "order by seq desc limit ? offset ?",
-            (self._queue, limit, offset),
-        )
+        rows = self._sql(self._page, (self._queue, limit, offset))
         return [self._row(row) for row in rows]
+
+
+class SqliteBackend(_SqlBackend):
+    """A ``vt_dead_letters`` table in the queue's own SQLite database."""
+
+    _DDL = (
+        "create table if not exists vt_dead_letters ("
+        "seq integer primary key autoincrement, id text not null unique, "
+        "queue text not null, reason text not null, task text, version integer, "
+        "raw blob not null, error text not null, created_at real not null)",
+        "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
+    )
+
+    def __init__(self, storage: SqliteStorage) -> None:
+        super().__init__(storage, "vt_dead_letters", "?")
+
+    def ensure_table(self) -> None:
+        """Create the table on first use (outside any other transaction)."""
+        if not self._ready:
+            with self._storage.db(commit=True) as cursor:
+                for ddl in self._DDL:
+                    cursor.execute(ddl)
+            self._ready = True
+
+    def _sql(self, query: str, params: tuple[Any, ...] = (), *, write: bool = False) -> Any:
+        self.ensure_table()
+        with self._storage.db(commit=write) as cursor:
+            cursor.execute(query, params)
+            return cursor.rowcount if write else cursor.fetchall()
+
+
+class PostgresBackend(_SqlBackend):
+    """A ``<prefix>_vt_dead_letters`` table beside a PostgresStorage's own tables.
+
+    ``<prefix>`` is the storage's ``table_prefix`` (``huey`` by default), so
+    the store follows the storage's tables; rows are keyed by queue name. Every
+    statement goes through the storage's own connection and lock.
+    """
+
+    def __init__(self, storage: PostgresStorage) -> None:
+        # Huey names its tables "<prefix>_kv", ...; the prefix is already
+        # reduced to [A-Za-z0-9_], so it is safe to put in SQL.
+        prefix = storage.table_kv[: -len("_kv")]
+        super().__init__(storage, f"{prefix}_vt_dead_letters", "%s")
+        self._ddl = (
+            f"create table if not exists {self.table} ("
+            "seq bigserial primary key, id text not null unique, "
+            "queue text not null, reason text not null, task text, version integer, "
+            "raw bytea not null, error text not null, created_at double precision not null)",
+            f"create index if not exists {self.table}_queue_seq on {self.table} (queue, seq)",
+        )
+
+    def ensure_table(self) -> None:
+        """Create the table on first use, unless it exists already.
+
+        A table that exists is left alone, so that a database user without the
+        right to create tables can use one created beforehand. Two processes
+        creating it at once would race in PostgreSQL's catalog ("create table if
+        not exists" is not atomic), so the creation holds a transaction-level
+        advisory lock named after the table.
+        """
+        if self._ready:
+            return
+        with self._storage.db() as cursor:
+            cursor.execute("select to_regclass(%s) is not null", (self.table,))
+            exists = cursor.fetchone()[0]
+        if not exists:
+            with self._storage.db(commit=True) as cursor:
+                cursor.execute("select pg_advisory_xact_lock(hashtext(%s))", (self.table,))
+                for ddl in self._ddl:
+                    cursor.execute(ddl)
+        self._ready = True
+
+    def _sql(self, query: str, params: tuple[Any, ...] = (), *, write: bool = False) -> Any:
+        # One statement each, on the storage's autocommit connection: atomic
+        # on its own, with no begin/commit round trips.
+        self.ensure_table()
+        with self._storage.db() as cursor:
+            cursor.execute(query, params)
+            return cursor.rowcount if write else cursor.fetchall()
 
 
 class RedisBackend:
@@ -503,12 +569,14 @@ def backend_for(storage: Any) -> _Backend:
         return MemoryBackend(storage)
     if isinstance(storage, SqliteStorage):
         return SqliteBackend(storage)
+    if isinstance(storage, PostgresStorage):
+        return PostgresBackend(storage)
     if isinstance(storage, RedisStorage):
         return RedisBackend(storage)
     if isinstance(storage, FileStorage):
         return FileBackend(storage)
     raise ConfigurationError(
         f"{type(storage).__name__} has no dead-letter store yet; use MemoryStorage, "
-        f"SqliteStorage, FileStorage or a Redis storage (RedisStorage, "
+        f"SqliteStorage, PostgresStorage, FileStorage or a Redis storage (RedisStorage, "
         f"PriorityRedisStorage and the expiring variants)."
     )

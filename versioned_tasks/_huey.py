@@ -10,28 +10,33 @@ from __future__ import annotations
 import base64
 import contextvars
 import datetime
+import functools
+import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from huey.api import Huey, ResultGroup, Task, TaskWrapper, chord, group
+from huey.api import Huey, PeriodicTask, ResultGroup, Task, TaskWrapper, chord, group
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
     FileStorage,
     MemoryStorage,
+    PostgresStorage,
     PriorityRedisExpireStorage,
     PriorityRedisStorage,
     RedisExpireStorage,
     RedisStorage,
     SqliteStorage,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ._actions import Action as _Action
 from ._actions import DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from ._codec import register_model
 from ._deadletters import DeadLetterStore, SqliteBackend, backend_for
+from ._legacy import LegacyReader, LegacyValueSerializer, build_converter, warn_enabled
 from ._pipeline import (
     Newer,
     Reader,
@@ -49,6 +54,7 @@ from .exceptions import (
     ConfigurationError,
     EncodeError,
     InvalidArguments,
+    InvalidResult,
     MessageRejected,
     SchemaError,
 )
@@ -57,6 +63,7 @@ __all__ = [
     "VersionedFileHuey",
     "VersionedHuey",
     "VersionedMemoryHuey",
+    "VersionedPostgresHuey",
     "VersionedPriorityRedisExpireHuey",
     "VersionedPriorityRedisHuey",
     "VersionedRedisExpireHuey",
@@ -161,6 +168,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         newer_version_max_age: seconds after its enqueue time at which such a
             message is dead-lettered as ``newer_version`` instead.
         app_build: an optional build id written into every envelope's header.
+        legacy_pickle: read (never write) the pickled messages and values a
+            plain Huey left in this storage: off by default, since unpickling
+            runs code named by the bytes (a warning is logged when on; see
+            docs/adoption.md). ``True``, or a mapping of logical task names to
+            their version-1 parameter names, for tasks now past version 1 whose
+            legacy messages pass positional arguments.
         **huey_kwargs: every other Huey option (``results``, ``utc``,
             ``immediate``, storage options such as ``filename`` or ``url``, ...).
 
@@ -177,6 +190,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         newer_version_delay: float = DEFAULT_NEWER_VERSION_DELAY,
         newer_version_max_age: float = DEFAULT_NEWER_VERSION_MAX_AGE,
         app_build: str | None = None,
+        legacy_pickle: bool | Mapping[str, Sequence[str]] = False,
         **huey_kwargs: Any,
     ) -> None:
         serializer = _check_serializer(serializer, huey_kwargs)
@@ -195,6 +209,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
         self._writer = Writer(self.schema, serializer.frame, app_build)
+        # Adopting a pickle queue: legacy bytes are converted where they are read.
+        self._legacy = build_converter(self, legacy_pickle)
+        if self._legacy is not None:
+            self._reader = LegacyReader(self._reader, self._legacy)
+            self.serializer = LegacyValueSerializer(serializer)
+            warn_enabled(self.name)
 
     def __repr__(self) -> str:
         return (
@@ -211,6 +231,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         *,
         name: str | None = None,
         args_model: None = None,
+        result_model: type[BaseModel] | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[P, R]], VersionedTaskWrapper[P, R]]: ...
     @overload
@@ -220,6 +241,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         *,
         name: str | None = None,
         args_model: type[BaseModel],
+        result_model: type[BaseModel] | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., R]], VersionedTaskWrapper[..., R]]: ...
     def versioned_task(
@@ -228,6 +250,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         *,
         name: str | None = None,
         args_model: type[BaseModel] | None = None,
+        result_model: type[BaseModel] | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]]:
         """Declare a task with a typed argument model and a schema version.
@@ -237,17 +260,24 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             name: the stable logical name on the wire (default ``module.function``).
             args_model: a pydantic model for the arguments; the function then
                 receives one instance of it.
+            result_model: a pydantic model the return value is validated as in
+                the worker (a dict or a model instance); ``Result.get()``
+                gives it back as an instance of this model. A return value
+                that does not validate fails the task with ``InvalidResult``.
             **huey_task_options: Huey's task options (``retries``,
                 ``retry_delay``, ``priority``, ``expires``, ``context``, ...).
 
         Raises:
             SchemaError: a reserved or unnamed parameter, a bad default, a
-                duplicate name or version.
+                duplicate name or version, a ``result_model`` that is not a
+                pydantic model.
         """
 
         def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper[..., Any]:
             func = func.func if isinstance(func, TaskWrapper) else func
             logical = name or f"{func.__module__}.{func.__name__}"
+            if result_model is not None:
+                func = _returning(func, logical, version, result_model)
             spec = build_spec(
                 func,
                 name=logical,
@@ -255,6 +285,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 args_model=args_model,
                 context=bool(huey_task_options.get("context", False)),
             )
+            spec.result_model = result_model
             self.schema.add_task(spec)
             try:
                 return self._versioned_wrapper(func, spec, name, dict(huey_task_options))
@@ -293,6 +324,78 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return VersionedTaskWrapper(
             self, func, spec=spec, context=context, name=name, **defaults, **options
         )
+
+    def versioned_periodic_task(
+        self,
+        validate_datetime: Callable[[datetime.datetime], bool],
+        *,
+        version: int = 1,
+        name: str | None = None,
+        **huey_task_options: Any,
+    ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]]:
+        """A versioned task that the consumer's scheduler also enqueues on a schedule.
+
+        ``validate_datetime`` is what Huey's ``periodic_task`` takes (a
+        ``crontab(...)``); the scheduler enqueues the task with no arguments, so
+        every parameter needs a default. It can still be called like any
+        versioned task.
+
+        Raises:
+            SchemaError: as for :meth:`versioned_task`, or a parameter without
+                a default.
+        """
+
+        def method_validate(task: Task, timestamp: datetime.datetime) -> bool:
+            return validate_datetime(timestamp)
+
+        def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper[..., Any]:
+            target = func.func if isinstance(func, TaskWrapper) else func
+            required = _required_parameters(target, huey_task_options)
+            if required:
+                logical = name or f"{target.__module__}.{target.__name__}"
+                raise SchemaError(
+                    f"Periodic task {logical!r} version {version} has parameters without "
+                    f"defaults ({', '.join(required)}); the scheduler calls it with none. "
+                    f"Give them defaults.",
+                    task=logical,
+                )
+            declare = cast(
+                Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]],
+                self.versioned_task(
+                    version,
+                    name=name,
+                    task_base=PeriodicTask,
+                    validate_datetime=method_validate,
+                    **huey_task_options,
+                ),
+            )
+            return declare(target)
+
+        return decorator
+
+    def periodic_task(
+        self, validate_datetime: Callable[[datetime.datetime], bool], **options: Any
+    ) -> Callable[[Callable[..., Any]], Any]:
+        """Huey's ``periodic_task``; on a versioned task, use ``versioned_periodic_task``.
+
+        Raises:
+            SchemaError: when stacked on ``@huey.versioned_task``, which would
+                register a second, unversioned task for the same function.
+        """
+        plain = super().periodic_task(validate_datetime, **options)
+
+        def decorator(func: Callable[..., Any]) -> Any:
+            if isinstance(func, VersionedTaskWrapper):
+                raise SchemaError(
+                    f"@huey.periodic_task() on the versioned task {func.spec.name!r} would "
+                    f"register a second, unversioned task; declare it with "
+                    f"@huey.versioned_periodic_task(crontab(...), version="
+                    f"{func.spec.version}) instead.",
+                    task=func.spec.name,
+                )
+            return plain(func)
+
+        return decorator
 
     def upcaster(self, task: str, /, *, from_version: int) -> Callable[[Upcaster], Upcaster]:
         """Register a pure ``dict -> dict`` step from ``from_version`` to the next.
@@ -643,6 +746,50 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return task_class  # type: ignore[no-any-return]
 
 
+def _required_parameters(func: Callable[..., Any], options: dict[str, Any]) -> list[str]:
+    """The arguments a call with none would be missing."""
+    model = options.get("args_model")
+    if model is not None:
+        return [n for n, f in model.model_fields.items() if f.is_required()]
+    skip = {"task"} if options.get("context") else set()
+    return [
+        p.name
+        for p in inspect.signature(func).parameters.values()
+        if p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and p.name not in skip
+    ]
+
+
+def _returning(
+    func: Callable[..., Any], task: str, version: int, model: type[BaseModel]
+) -> Callable[..., Any]:
+    """``func`` with its return value validated as ``model``."""
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise SchemaError(
+            f"Task {task!r} version {version}: result_model must be a pydantic model "
+            f"class, not {model!r}.",
+            task=task,
+        )
+    register_model(model)
+    model_name = model.__name__
+
+    @functools.wraps(func)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        value = func(*args, **kwargs)
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            raise InvalidResult(
+                task=task,
+                version=version,
+                model=model_name,
+                errors=[dict(e) for e in exc.errors()],
+            ) from None
+
+    return run
+
+
 def _check_serializer(
     serializer: VersionedSerializer | None, huey_kwargs: dict[str, Any]
 ) -> VersionedSerializer:
@@ -766,3 +913,14 @@ class VersionedPriorityRedisExpireHuey(VersionedHuey):
     """A VersionedHuey on Huey's PriorityRedisExpireStorage."""
 
     storage_class = PriorityRedisExpireStorage
+
+
+class VersionedPostgresHuey(VersionedHuey):
+    """A VersionedHuey on Huey's PostgresStorage (``dsn=``, ``connection=`` or
+    psycopg connection options; needs ``psycopg`` 3, the ``postgres`` extra).
+
+    Dead letters go to a ``<table_prefix>_vt_dead_letters`` table beside
+    Huey's own tables, created on first use.
+    """
+
+    storage_class = PostgresStorage

@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from . import _codec, _envelope
 from ._schema import SchemaRegistry, TaskSpec, bind_positional
 from ._version import __version__
-from .exceptions import DecodeError, EncodeError, InvalidArguments
+from .exceptions import DecodeError, EncodeError, InvalidArguments, SignatureError
 
 __all__ = [
     "REASONS",
@@ -192,6 +192,8 @@ class Reader:
                         task: Task = spec.make_task(args, kwargs, ident, wire)
                         return task
             return self._read_general(header, body)
+        except SignatureError as exc:
+            return Rejected("bad_signature", None, None, str(exc))
         except DecodeError as exc:
             return Rejected("undecodable", None, None, str(exc))
         except Exception as exc:
@@ -435,9 +437,7 @@ def _wire_payload(header: Mapping[str, Any], body: bytes) -> Any:
     return payload
 
 
-def _plain_arguments(
-    header: Mapping[str, Any], body: bytes
-) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _plain_arguments(header: Mapping[str, Any], body: bytes) -> tuple[Any, dict[str, Any]]:
     payload = _parse_body(body)
     if header.get("form") != _FORM_POSITIONAL and "v" in header:
         if type(payload) is not dict:
@@ -445,17 +445,23 @@ def _plain_arguments(
         return (), payload
     if type(payload) is not dict:
         raise _Reject("undecodable", "Positional body is not a JSON object.")
-    return _codec_arguments(payload, "body")
+    return _codec_arguments(payload, "body", callback=False)
 
 
-def _codec_arguments(obj: Mapping[str, Any], path: str) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _codec_arguments(
+    obj: Mapping[str, Any], path: str, *, callback: bool = True
+) -> tuple[Any, dict[str, Any]]:
     args = _decode(obj.get("args", []), f"{path}.args")
     kwargs = _decode(obj.get("kwargs", {}), f"{path}.kwargs")
-    if type(args) is not list or type(kwargs) is not dict:
-        raise _Reject("undecodable", f"{path}: args must be a list and kwargs an object.")
-    if not all(type(k) is str for k in kwargs):
-        raise _Reject("undecodable", f"{path}: keyword argument names must be strings.")
-    return tuple(args), kwargs
+    if type(kwargs) is not dict or not all(type(k) is str for k in kwargs):
+        raise _Reject("undecodable", f"{path}: kwargs must be an object with string keys.")
+    if type(args) is list:
+        return tuple(args), kwargs
+    # A task's own args are kept as given (task.schedule(3, delay=60) stores 3),
+    # but Huey appends results to a callback's args, which must be a tuple.
+    if callback:
+        raise _Reject("undecodable", f"{path}: a callback's args must be a list.")
+    return args, kwargs
 
 
 def _decode(data: Any, path: str) -> Any:
@@ -663,11 +669,11 @@ class Writer:
             identity = self._identity(task, spec, wire)
             identity["form"] = _FORM_POSITIONAL
             head = _OPEN_TASK + orjson.dumps(identity)[1:-1]
-            body = orjson.dumps(_arguments(task, "message"))
+            body = orjson.dumps(_arguments(task, ""))
         extra = b""
         if _has_scheduling(task):
             fields: dict[str, Any] = {}
-            scheduling_fields(task, fields, "message", self._nested)
+            scheduling_fields(task, fields, "", self._nested)
             extra = b"," + orjson.dumps(fields)[1:-1]
         at = wire[2] if wire is not None and wire[2] is not None else time.time()
         ident = orjson.dumps({"id": task.id, "at": at})
@@ -729,6 +735,11 @@ class Writer:
 _OPEN_TASK: Final = b'{"kind":"task",'
 
 
+def _at(path: str, key: str) -> str:
+    """The path to ``key`` inside ``path`` (``args``, ``on_complete.args``)."""
+    return f"{path}.{key}" if path else key
+
+
 def _has_scheduling(task: Task) -> bool:
     return not (
         task.eta is None
@@ -764,20 +775,20 @@ def scheduling_fields(
         if value is not None:
             out[key] = value
     if task.expires is not None:
-        out["expires"] = _codec.encode(task.expires, f"{path}.expires")
+        out["expires"] = _codec.encode(task.expires, _at(path, "expires"))
     if task.expires_resolved is not None:
         out["expires_resolved"] = task.expires_resolved.isoformat()
     if task.on_complete is not None:
-        out["on_complete"] = nested(task.on_complete, f"{path}.on_complete")
+        out["on_complete"] = nested(task.on_complete, _at(path, "on_complete"))
     if task.on_error is not None:
-        out["on_error"] = nested(task.on_error, f"{path}.on_error")
+        out["on_error"] = nested(task.on_error, _at(path, "on_error"))
     if task.chord_config is not None:
         cid, size, idx, callback = task.chord_config
         out["chord"] = {
             "cid": cid,
             "size": size,
             "idx": idx,
-            "callback": nested(callback, f"{path}.chord.callback"),
+            "callback": nested(callback, _at(path, "chord.callback")),
         }
 
 
@@ -785,21 +796,50 @@ def scheduling_fields(
 
 
 def message_to_envelope(message: Message) -> tuple[dict[str, Any], bytes]:
-    """Header and body of a plain Huey ``Message`` (positional arguments)."""
+    """Header and body of a plain Huey ``Message`` (positional arguments).
+
+    Raises:
+        EncodeError: naming the task and the path to a value JSON cannot carry.
+    """
     header: dict[str, Any] = {"kind": _envelope.KIND_TASK}
-    header.update(_message_object(message, "message"))
+    try:
+        header.update(message_object(message, ""))
+    except EncodeError as exc:
+        raise EncodeError(f"Task {message.name!r}: {exc}", path=exc.path) from None
     body = orjson.dumps({"args": header.pop("args"), "kwargs": header.pop("kwargs")})
     header["at"] = time.time()
     header["by"] = PRODUCER
     return header, body
 
 
-def _message_object(message: Message, path: str) -> dict[str, Any]:
+def message_object(message: Message, path: str) -> dict[str, Any]:
+    """A ``Message`` as a JSON-ready object: the header fields plus args and kwargs."""
     out: dict[str, Any] = {"task": message.name, "form": _FORM_POSITIONAL, "id": message.id}
-    out["args"] = _codec.encode(list(message.args or ()), f"{path}.args")
-    out["kwargs"] = _codec.encode(dict(message.kwargs or {}), f"{path}.kwargs")
-    scheduling_fields(message, out, path, _message_object)
+    out["args"] = _encode_args(message.args, _at(path, "args"))
+    out["kwargs"] = _codec.encode(dict(message.kwargs or {}), _at(path, "kwargs"))
+    scheduling_fields(message, out, path, message_object)
     return out
+
+
+def _encode_args(args: Any, path: str) -> Any:
+    # Huey passes args on as given: task.schedule(3, delay=60) stores 3, not (3,).
+    if args is None:
+        return []
+    if type(args) is tuple or type(args) is list:
+        return _codec.encode(list(args), path)
+    return _codec.encode(args, path)
+
+
+def message_from_object(obj: Any) -> Message:
+    """Inverse of :func:`message_object`.
+
+    Raises:
+        DecodeError: the object is not a well-formed message.
+    """
+    try:
+        return _nested_message(obj)
+    except _Reject as rej:
+        raise DecodeError(rej.error) from None
 
 
 def message_from_envelope(header: dict[str, Any], body: bytes) -> Message:
@@ -866,8 +906,8 @@ def _nested_message(obj: Any) -> Message:
 
 def _arguments(task: Task, path: str) -> dict[str, Any]:
     return {
-        "args": _codec.encode(list(task.args), f"{path}.args"),
-        "kwargs": _codec.encode(_without_context(task), f"{path}.kwargs"),
+        "args": _encode_args(task.args, _at(path, "args")),
+        "kwargs": _codec.encode(_without_context(task), _at(path, "kwargs")),
     }
 
 

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     JsonValue,
+    PydanticUserError,
     SecretBytes,
     SecretStr,
     TypeAdapter,
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializer, SchemaValidator
 from typing_extensions import TypedDict
 
+from ._codec import exception_field
 from .exceptions import EncodeError, InvalidArguments, SchemaError
 
 __all__ = [
@@ -105,6 +107,8 @@ class TaskSpec:
     task_class: Any = field(default=None, repr=False)
     #: ``make_task(args, kwargs, id, wire)``: builds a plain task of that class.
     make_task: Any = field(default=None, repr=False)
+    #: The pydantic model the task's return value is validated as, if any.
+    result_model: type[BaseModel] | None = None
 
     # -- producer side -------------------------------------------------------
 
@@ -314,24 +318,34 @@ def build_spec(
     """Build the argument model of a task from its signature or ``args_model``.
 
     Raises:
-        SchemaError: for a version below 1, a reserved or unnamed parameter, or
-            a default that does not fit its annotation.
+        SchemaError: for a version below 1, a reserved or unnamed parameter, a
+            default that does not fit its annotation, or an annotation pydantic
+            cannot validate.
     """
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SchemaError(
             f"Task {name!r} declares version {version!r}; versions are integers starting at 1.",
             task=name,
         )
-    if args_model is not None:
-        if context and "task" not in inspect.signature(func).parameters:
-            raise SchemaError(
-                f"Task {name!r} version {version} is declared with context=True but its "
-                f"function has no 'task' parameter; add one (Huey passes the running Task "
-                f"as task=).",
-                task=name,
-            )
-        return _spec_from_model(func, name, version, args_model, context)
-    return _spec_from_signature(func, name, version, context)
+    if args_model is not None and context and "task" not in inspect.signature(func).parameters:
+        raise SchemaError(
+            f"Task {name!r} version {version} is declared with context=True but its "
+            f"function has no 'task' parameter; add one (Huey passes the running Task "
+            f"as task=).",
+            task=name,
+        )
+    try:
+        if args_model is not None:
+            return _spec_from_model(func, name, version, args_model, context)
+        return _spec_from_signature(func, name, version, context)
+    except PydanticUserError as exc:  # e.g. no schema for an arbitrary class
+        first = str(exc).splitlines()[0]
+        raise SchemaError(
+            f"Task {name!r} version {version}: pydantic cannot build its argument model: "
+            f"{first} Annotate the parameters with types pydantic validates (or pass "
+            f"args_model=).",
+            task=name,
+        ) from exc
 
 
 def _spec_from_model(
@@ -378,7 +392,7 @@ def _spec_from_signature(
         _check_parameter(name, version, param)
         # An unannotated parameter takes JSON values only: anything richer
         # (a datetime, a tuple) would reach the worker as something else.
-        annotation = hints.get(param.name, JsonValue)
+        annotation = _exception_aware(hints.get(param.name, JsonValue))
         _refuse_lossy(name, version, annotation, param.name)
         if param.default is inspect.Parameter.empty:
             fields[param.name] = Required[annotation]
@@ -412,6 +426,17 @@ def _spec_from_signature(
         plain_json=all(_is_plain_json(hint) for hint in _field_types(fields)),
         open_json=any(_is_open(hint) for hint in _field_types(fields)),
     )
+
+
+def _exception_aware(hint: Any) -> Any:
+    """Exception classes (alone or ``| None``) as fields that carry a stand-in."""
+    if isinstance(hint, type) and issubclass(hint, BaseException):
+        return exception_field(hint)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = typing.get_args(hint)
+        if any(isinstance(a, type) and issubclass(a, BaseException) for a in args):
+            return typing.Union[tuple(_exception_aware(a) for a in args)]  # noqa: UP007
+    return hint
 
 
 def _field_types(fields: dict[str, Any]) -> Iterable[Any]:

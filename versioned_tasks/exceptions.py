@@ -4,10 +4,13 @@ The tree::
 
     VersionedTaskError
      ├── InvalidArguments (also a ValueError)    arguments do not fit the task's model
+     ├── InvalidResult (also a ValueError)       a return value does not fit result_model
      ├── SchemaError                             declarations that cannot work together
      ├── ConfigurationError                      an option or backend that cannot be used
      ├── EncodeError (also a TypeError)          a value the envelope cannot carry
+     │    └── EnvelopeTooLarge                   a message over the serializer's max_size
      ├── DecodeError (also a ValueError)         bytes that are not a readable envelope
+     │    └── SignatureError                     a signature missing, wrong or of an unknown key
      ├── DeadLetterNotFound (also a KeyError)    no dead-letter entry with that id
      └── MessageRejected                         stored bytes that cannot become a task
           └── ReplayFailed                       a dead letter still cannot run
@@ -26,10 +29,12 @@ __all__ = [
     "DeadLetterNotFound",
     "DecodeError",
     "EncodeError",
+    "EnvelopeTooLarge",
     "InvalidArguments",
     "MessageRejected",
     "ReplayFailed",
     "SchemaError",
+    "SignatureError",
     "VersionedTaskError",
 ]
 
@@ -179,3 +184,79 @@ class ReplayFailed(MessageRejected):
             f"{self.reason!r}: {self.error} The entry was kept with the new reason; deploy a "
             f"fix (an upcaster, rename or tombstone) and replay it again."
         )
+
+
+class InvalidResult(VersionedTaskError, ValueError):
+    """A task's return value does not validate against its ``result_model``.
+
+    Raised in the worker, where Huey records it as the task's failure (and
+    retries the task if it has retries left).
+
+    Attributes:
+        task: the logical task name.
+        version: the task's schema version.
+        errors: pydantic's error list.
+    """
+
+    def __init__(self, *, task: str, version: int, model: str, errors: Sequence[dict[str, Any]]):
+        self.task = task
+        self.version = version
+        self.errors = list(errors)
+        first = self.errors[0] if self.errors else {}
+        loc = ".".join(str(p) for p in first.get("loc", ())) or "(value)"
+        super().__init__(
+            f"Task {task!r} version {version} returned a value that is not a valid "
+            f"{model}: {loc}: {first.get('msg', 'invalid')}. Return a {model} (or data "
+            f"that validates as one), or change the task's result_model."
+        )
+
+
+class EnvelopeTooLarge(EncodeError):
+    """A message or value larger than the serializer's ``max_size``.
+
+    Raised where it is written (enqueue, ``.schedule()``, storing a result), so
+    nothing oversized reaches storage.
+
+    Attributes:
+        task: the task's name on the wire, or None for a stored value.
+        version: the task's schema version, when it has one.
+        size: the size of the envelope, in bytes.
+        limit: the ``max_size`` it exceeds, in bytes.
+    """
+
+    def __init__(self, *, task: str | None, version: int | None, size: int, limit: int) -> None:
+        self.task = task
+        self.version = version
+        self.size = size
+        self.limit = limit
+        if task is None:
+            subject = "A stored value (a result, lock, revocation or huey.put() data)"
+        elif version is None:
+            subject = f"Task {task!r}"
+        else:
+            subject = f"Task {task!r} version {version}"
+        super().__init__(
+            f"{subject}: the envelope is {size:,} bytes, more than max_size ({limit:,} bytes); "
+            f"nothing was written. Pass large data by reference (a storage key or a URL), or "
+            f"raise max_size on the VersionedSerializer of every producer and worker."
+        )
+
+
+class SignatureError(DecodeError):
+    """Stored bytes whose signature is missing, does not match, or names a key
+    this reader does not know.
+
+    A ``VersionedHuey`` dead-letters such a message with the reason
+    ``bad_signature`` and never runs it; ``VersionedSerializer.deserialize()``
+    raises this error for values (results, revocations, locks).
+
+    Attributes:
+        key_id: the key id the message names, when it names one.
+        reason: ``"bad_signature"``, the dead-letter reason.
+    """
+
+    reason = "bad_signature"
+
+    def __init__(self, message: str, *, key_id: str | None = None) -> None:
+        self.key_id = key_id
+        super().__init__(message)
