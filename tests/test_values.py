@@ -9,6 +9,7 @@ import datetime
 import decimal
 import sys
 import types
+import typing
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
+    DecodeError,
     EncodeError,
     InvalidResult,
     RemoteException,
@@ -561,3 +563,130 @@ def test_an_annotation_pydantic_cannot_validate_is_a_schema_error() -> None:
             pass
 
     assert "values.opaque" not in app.schema.specs
+
+
+# -- what the review of this release found ----------------------------------------------
+
+
+def test_an_unreadable_revocation_record_dead_letters_the_task(make_huey: MakeHuey) -> None:
+    """Huey reads revocations after the pop: a record that cannot be read (junk,
+    an old pickle, a signature of a dropped key) keeps the task as a dead letter."""
+    app = make_huey()
+
+    @app.versioned_task(version=1, name="values.guarded")
+    def guarded(n: int) -> int:
+        return n
+
+    app.storage.put_data(app._task_key(guarded, "rt"), b"\x80\x04junk")
+    guarded(1)
+    task = app.dequeue()
+    assert task is not None
+    assert app.execute(task) is None
+    [entry] = app.dead_letters
+    assert (entry.reason, entry.task, entry.version) == ("undecodable", "values.guarded", 1)
+    assert "revocation record" in entry.error
+    # A caller outside the worker sees the error itself.
+    with pytest.raises(DecodeError):
+        guarded.is_revoked()
+    # Once the record is fixed, the replay runs.
+    app.restore_all(guarded)
+    app.dead_letters.replay(entry.id)
+    task = app.dequeue()
+    assert task is not None
+    assert app.execute(task) == 1
+
+
+def test_an_exception_with_a_huge_attribute_still_reaches_its_handler(
+    make_huey: MakeHuey,
+) -> None:
+    """Long text is cut and long attributes are left out, so the handler call fits."""
+    app = make_huey()
+    seen: list[Any] = []
+
+    @app.versioned_task(version=1, name="values.fetch")
+    def fetch() -> None:
+        failure = HTTPFailure("x" * 5_000_000)
+        failure.body = "y" * 5_000_000  # type: ignore[attr-defined]
+        failure.status = 502  # type: ignore[attr-defined]
+        raise failure
+
+    @app.task()
+    def report(exc: Any) -> None:
+        seen.append(exc)
+
+    app.enqueue(fetch.s().error(report))
+    for _ in range(2):
+        task = app.dequeue()
+        assert task is not None
+        app.execute(task)
+    [exc] = seen
+    assert exc.status == 502
+    assert not hasattr(exc, "body")
+    assert len(exc.message) == 32 * 1024
+    assert len(app.dead_letters) == 0
+
+
+class HTTPFailure(Exception):
+    """A failure that carries the whole response."""
+
+
+class _Registering(Exception):
+    """Runs code of its own when subclassed or instantiated."""
+
+    subclassed: typing.ClassVar[list[str]] = []
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        _Registering.subclassed.append(cls.__name__)
+        super().__init_subclass__(**kwargs)
+
+
+class _Constructing(Exception):
+    built: typing.ClassVar[list[Any]] = []
+
+    def __new__(cls, *args: Any) -> _Constructing:
+        _Constructing.built.append(args)
+        return super().__new__(cls, *args)
+
+
+@pytest.mark.parametrize("cls", [_Registering, _Constructing])
+def test_no_code_of_the_exception_class_runs_when_it_is_read(cls: type[Exception]) -> None:
+    """A class with a metaclass, __init_subclass__ or __new__ of its own gets a plain
+    RemoteException: reading bytes never runs the app's code."""
+    raw = VersionedSerializer().serialize(cls("crafted", "rm -rf /"))
+    _Registering.subclassed.clear()
+    _Constructing.built.clear()
+    back = VersionedSerializer().deserialize(raw)
+    assert type(back) is RemoteException
+    assert back.type_name.endswith(cls.__qualname__)
+    assert _Registering.subclassed == []
+    assert _Constructing.built == []
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"$timedelta":[]}', b'{"$exception":{}}', b'{"$error":{"$timedelta":[]}}', b'{"$model":1}'],
+)
+def test_malformed_tags_are_decode_errors(body: bytes) -> None:
+    """Whatever the shape of a tag's payload, reading it raises DecodeError only."""
+    with pytest.raises(DecodeError, match="Malformed"):
+        VersionedSerializer().deserialize(b'VTE1{"kind":"value"}\n' + body)
+
+
+def test_a_malformed_exception_argument_is_invalid_payload(make_huey: MakeHuey) -> None:
+    """An exception-typed parameter given something else is invalid_payload."""
+    app = make_huey()
+
+    @app.versioned_task(version=1, name="values.handler_of")
+    def handler_of(exc: Exception) -> None:
+        pass
+
+    handler_of.s(ValueError("x"))  # fine
+    raw = (
+        b'VTE1{"kind":"task","task":"values.handler_of","v":1,"id":"x1","at":1}\n'
+        b'{"exc":{"message":"no type"}}'
+    )
+    app.storage.enqueue(raw)
+    assert app.dequeue() is None
+    [entry] = app.dead_letters
+    assert entry.reason == "invalid_payload"
+    assert "not an exception as versioned_tasks writes one" in entry.error

@@ -15,7 +15,6 @@ so no user value is ever mistaken for a tag.
 from __future__ import annotations
 
 import base64
-import contextlib
 import datetime
 import decimal
 import math
@@ -117,7 +116,7 @@ def _encode_other(value: Any, path: str) -> Any:
     if value is SKIPPED:
         return {"$skipped": True}
     if isinstance(value, Error):
-        return {"$error": encode(value.metadata, f"{path}.metadata")}
+        return {"$error": encode(_short_error(value.metadata), f"{path}.metadata")}
     if isinstance(value, Message):  # a namedtuple: before the tuple case
         from ._pipeline import message_object
 
@@ -168,9 +167,17 @@ _STAND_IN_ATTRS = frozenset(("type_name", "message", "remote_traceback"))
 _ENCODING = threading.local()
 
 
+# An exception travels inside the message that reports it: its text is cut to
+# this many characters (the end of a traceback is kept), and args or an
+# attribute whose JSON is longer (an HTTP response body, say) are left out.
+_EXCEPTION_TEXT_LIMIT = 32 * 1024
+_EXCEPTION_PART_LIMIT = 16 * 1024
+
+
 def _encode_exception(exc: BaseException, path: str) -> dict[str, Any]:
     """The exception's type, message, traceback text, ``args`` and attributes;
-    whatever of the last two JSON cannot carry is left out, never an error."""
+    whatever of the last two JSON cannot carry, or that is too long, is left
+    out, never an error."""
     if isinstance(exc, RemoteException):
         kind = type(exc)
         module = kind.__module__ if kind is not RemoteException else None
@@ -180,9 +187,10 @@ def _encode_exception(exc: BaseException, path: str) -> dict[str, Any]:
         module, qualname = type(exc).__module__, type(exc).__qualname__
         type_name, message = _qualname(type(exc)), _safe_str(exc)
         tb = "".join(traceback.format_exception(exc)) if exc.__traceback__ else None
-    out: dict[str, Any] = {"type": type_name, "message": message}
+    limit = _EXCEPTION_TEXT_LIMIT
+    out: dict[str, Any] = {"type": type_name, "message": message[:limit]}
     if tb is not None:
-        out["traceback"] = tb
+        out["traceback"] = tb if len(tb) <= limit else "...\n" + tb[-limit:]
     # An exception reachable from its own args or attributes is written once.
     active: set[int] = _ENCODING.__dict__.setdefault("active", set())
     if module is None or qualname is None or id(exc) in active:
@@ -190,19 +198,44 @@ def _encode_exception(exc: BaseException, path: str) -> dict[str, Any]:
     out["module"], out["qualname"] = module, qualname
     active.add(id(exc))
     try:
-        with contextlib.suppress(EncodeError):
-            out["args"] = encode(list(exc.args), f"{path}.args")
+        args = _small_part(list(exc.args), f"{path}.args")
+        if args is not None:
+            out["args"] = args
         state = {}
         for key, item in vars(exc).items():
             if key in _STAND_IN_ATTRS or type(key) is not str:
                 continue
-            with contextlib.suppress(EncodeError):
-                state[key] = encode(item, f"{path}.{key}")
+            part = _small_part(item, f"{path}.{key}")
+            if part is not None:
+                state[key] = part
         if state:
             out["state"] = state
     finally:
         active.discard(id(exc))
     return out
+
+
+def _short_error(metadata: Any) -> Any:
+    """Huey's error result with its ``error`` (a repr) and ``traceback`` texts cut
+    as an exception's are, so that a huge failure still fits its envelope."""
+    if type(metadata) is not dict:
+        return metadata
+    limit = _EXCEPTION_TEXT_LIMIT
+    return {
+        k: (v[:limit] if k == "error" else "...\n" + v[-limit:])
+        if k in ("error", "traceback") and type(v) is str and len(v) > limit
+        else v
+        for k, v in metadata.items()
+    }
+
+
+def _small_part(value: Any, path: str) -> Any:
+    """``value`` encoded, or None when it cannot be or its JSON is too long."""
+    try:
+        data = encode(value, path)
+    except EncodeError:
+        return None
+    return data if len(orjson.dumps(data)) <= _EXCEPTION_PART_LIMIT else None
 
 
 def exception_field(kind: type[BaseException]) -> Any:
@@ -217,7 +250,10 @@ def exception_field(kind: type[BaseException]) -> Any:
 
     def validate(value: Any) -> BaseException:
         if type(value) is dict:
-            value = _decode_exception(value)
+            try:
+                value = _decode_exception(value)
+            except (DecodeError, TypeError, ValueError, LookupError):
+                raise ValueError("not an exception as versioned_tasks writes one") from None
         elif isinstance(value, BaseException) and not isinstance(value, RemoteException):
             # Huey appends the live exception in the worker: hand on the same
             # stand-in the handler would get after the trip through the queue.
@@ -242,10 +278,10 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _decode_exception(payload: Any) -> RemoteException:
-    if type(payload) is list:  # format written by 0.1.0: [type, message]
+    if type(payload) is list and len(payload) == 2:  # written by 0.1.0: [type, message]
         return RemoteException(str(payload[0]), str(payload[1]))
-    if type(payload) is not dict:
-        raise TypeError("exception payload is not an object")
+    if type(payload) is not dict or "type" not in payload or "message" not in payload:
+        raise TypeError("an exception is an object with 'type' and 'message'")
     type_name, message = str(payload["type"]), str(payload["message"])
     tb = payload.get("traceback")
     tb = None if tb is None else str(tb)
@@ -271,9 +307,21 @@ def _loaded_class(module: Any, qualname: Any) -> type[RemoteException] | None:
             return None
         # vars(), not getattr(): a module-level __getattr__ could import.
         found = vars(found).get(part) if isinstance(found, type | ModuleType) else None
-    if not (isinstance(found, type) and issubclass(found, Exception)):
+    if not (isinstance(found, type) and issubclass(found, Exception)) or _runs_code(found):
         return None
     return _stand_in_class(found)
+
+
+def _runs_code(cls: type) -> bool:
+    """Whether deriving from ``cls`` or making an instance would run code of the
+    app's own: a metaclass, ``__init_subclass__`` or ``__new__`` defined outside
+    the built-in exceptions. Such a class gets a plain RemoteException."""
+    if type(cls) is not type:
+        return True
+    return any(
+        ("__new__" in vars(k) or "__init_subclass__" in vars(k)) and k.__module__ != "builtins"
+        for k in cls.__mro__
+    )
 
 
 _STAND_INS: dict[type[Exception], type[RemoteException] | None] = {}
@@ -345,8 +393,8 @@ def _decode_tag(tag: str, payload: Any) -> Any:
         raise DecodeError(f"Unknown value tag {tag!r}; was it written by a newer release?")
     try:
         return decoder(payload)
-    except (TypeError, ValueError, OverflowError, decimal.InvalidOperation) as exc:
-        raise DecodeError(f"Malformed {tag} value: {exc}") from None
+    except (TypeError, ValueError, LookupError, OverflowError, decimal.InvalidOperation) as exc:
+        raise DecodeError(f"Malformed {tag} value: {exc!r}") from None
 
 
 # Result models declared with versioned_task(result_model=...), by qualified
