@@ -59,10 +59,9 @@ __all__ = [
     "Keyring",
     "codec",
     "decode_value_body",
-    "encode_value",
     "frame",
     "json_depth",
-    "pack",
+    "signed_content",
     "unpack",
 ]
 
@@ -181,7 +180,7 @@ class Keyring:
         Raises:
             SignatureError: a malformed prefix, an unknown key id, a MAC that does not match.
         """
-        colon = raw.find(b":", len(_SIGNED_PREFIX), len(_SIGNED_PREFIX) + _MAX_KEY_ID_LEN + 1)
+        colon = _key_id_end(raw)
         if colon < 0:
             raise SignatureError(
                 "Signed message with a malformed prefix (no key id followed by ':'): "
@@ -205,6 +204,18 @@ class Keyring:
                 key_id=key.id,
             )
         return envelope
+
+
+def _key_id_end(raw: bytes) -> int:
+    """Where the key id of a ``VTS1`` message ends (its ``:``), or -1."""
+    return raw.find(b":", len(_SIGNED_PREFIX), len(_SIGNED_PREFIX) + _MAX_KEY_ID_LEN + 1)
+
+
+def signed_content(raw: bytes) -> bytes | None:
+    """The envelope a ``VTS1`` message carries, its signature NOT checked (for
+    display only), or None when ``raw`` is not a well-formed signed message."""
+    colon = _key_id_end(raw) if raw.startswith(_SIGNED_PREFIX) else -1
+    return raw[colon + 1 + _MAC_LEN :] if colon > 0 else None
 
 
 def _checked_key_id(key_id: Any) -> str:
@@ -307,9 +318,10 @@ def _deeper_than(data: bytes, limit: int) -> int:
     if len(data) <= 2 * limit + 1:
         return 0
     brackets = data.translate(_AS_BRACKETS, _NOT_BRACKETS)
-    if brackets.count(b"[") <= limit or not _exceeds(brackets, limit):
+    if brackets.count(b"[") <= limit:
         return 0
-    # Brackets inside strings were counted too: look again without them.
+    # Brackets inside strings were counted too, and could pair up with real
+    # ones and hide a level: decide without them.
     data = _JSON_STRING.sub(b"", data)
     if not _exceeds(data.translate(_AS_BRACKETS, _NOT_BRACKETS), limit):
         return 0
@@ -355,21 +367,6 @@ def _check_written(out: bytes, header: bytes, body: bytes, max_size: int, max_de
             )
 
 
-def _check_read(raw: bytes, max_size: int, max_depth: int) -> None:
-    """Raise for an envelope read from storage that is over the size or depth limit."""
-    if len(raw) > max_size:
-        raise _size_error(len(raw), max_size)
-    end = raw.find(b"\n")
-    parts = (("header", raw[_PREFIX_LEN:end]), ("body", raw[end + 1 :])) if end > 0 else ()
-    for part, data in parts:
-        depth = _deeper_than(data, max_depth)
-        if depth:
-            raise DecodeError(
-                f"Envelope {_nesting(part, depth, max_depth)}: not read. Raise max_depth on "
-                f"this reader's VersionedSerializer, then replay it."
-            )
-
-
 def _size_error(size: int, limit: int) -> DecodeError:
     return DecodeError(
         f"Message of {size:,} bytes is larger than max_size ({limit:,} bytes): not read. "
@@ -407,11 +404,11 @@ def codec(
     ``frame(header, body)`` builds (and, with a keyring, signs) envelope bytes
     from header JSON and body JSON, raising :class:`EnvelopeTooLarge` or
     ``EncodeError`` for what a reader would refuse. ``unpack(raw)`` checks the
-    size, the signature and the depth, and returns the parsed header and the
+    size and the signature (depth is left to the parsers), and returns the parsed header and the
     body bytes, raising :class:`DecodeError` (:class:`SignatureError` for
     signatures).
     """
-    unpack = _unpacker(max_size, max_depth)
+    unpack = _unpacker(max_size)
     if keyring is None:
         return _framer(max_size, max_depth), unpack
     return (
@@ -450,9 +447,7 @@ def _signing_framer(max_size: int, max_depth: int, keyring: Keyring) -> Frame:
     return frame
 
 
-def _unpacker(max_size: int, max_depth: int) -> Unpack:
-    watch = _watch(max_size, max_depth)
-
+def _unpacker(max_size: int) -> Unpack:
     def unpack(raw: bytes) -> tuple[dict[str, Any], bytes]:
         """Split envelope bytes into the parsed header and the body bytes.
 
@@ -464,8 +459,11 @@ def _unpacker(max_size: int, max_depth: int) -> Unpack:
             raw = bytes(raw)
         if raw[:_PREFIX_LEN] != _PREFIX:
             raise _foreign(raw)
-        if len(raw) > watch:
-            _check_read(raw, max_size, max_depth)
+        # Depth is left to the parsers, which refuse what nests deeper than they
+        # read (orjson 1024 levels, pydantic 200): a scan here would cost every
+        # message a pass over its bytes. Writers keep to max_depth.
+        if len(raw) > max_size:
+            raise _size_error(len(raw), max_size)
         # The prefix holds no newline, so the first one ends the header.
         end = raw.find(b"\n")
         if end < 0:
@@ -537,7 +535,7 @@ def _verifier(envelope: Unpack, max_size: int, keyring: Keyring, accept_unsigned
 def _foreign(raw: bytes) -> DecodeError:
     """The error for bytes that are not an unsigned envelope, read without keys."""
     if raw[: len(_SIGNED_PREFIX)] == _SIGNED_PREFIX:
-        colon = raw.find(b":", len(_SIGNED_PREFIX), len(_SIGNED_PREFIX) + _MAX_KEY_ID_LEN + 1)
+        colon = _key_id_end(raw)
         named = raw[len(_SIGNED_PREFIX) : colon].decode("ascii", "replace") if colon > 0 else None
         return SignatureError(
             f"Signed envelope{f' (key id {named!r})' if named else ''}, but this reader has "
@@ -550,11 +548,6 @@ def _foreign(raw: bytes) -> DecodeError:
 
 
 frame, unpack = codec()
-
-
-def pack(header: dict[str, Any], body: bytes) -> bytes:
-    """Frame a header and an already-encoded JSON body into an unsigned envelope."""
-    return frame(orjson.dumps(header), body)
 
 
 def _describe_foreign(raw: bytes) -> str:
@@ -571,11 +564,6 @@ def _describe_foreign(raw: bytes) -> str:
             f"format {FORMAT!r}); upgrade versioned_tasks on this worker."
         )
     return f"Not an envelope: unknown leading bytes {raw[:8]!r}."
-
-
-def encode_value(value: Any, path: str = "value") -> bytes:
-    """Encode a plain value (a result, a revocation record, ...) as an unsigned envelope."""
-    return frame(VALUE_HEADER, orjson.dumps(_codec.encode(value, path)))
 
 
 def decode_value_body(body: bytes) -> Any:

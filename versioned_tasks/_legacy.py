@@ -46,7 +46,16 @@ from huey.utils import ChordConfig
 
 from . import _envelope
 from ._deadletters import DeadLetter, DeadLetterStore, SqliteBackend, backend_for
-from ._pipeline import Outcome, Reader, Rejected, Writer, _mark, message_to_envelope
+from ._pipeline import (
+    Outcome,
+    Reader,
+    Rejected,
+    Writer,
+    _mark,
+    error_detail,
+    is_upcast_error,
+    message_to_envelope,
+)
 from ._schema import SchemaRegistry, TaskSpec, bind_positional
 from .exceptions import ConfigurationError, DecodeError, EncodeError, InvalidArguments
 
@@ -383,10 +392,8 @@ class LegacyConverter:
         try:
             return self.writer.encode(task)
         except InvalidArguments as exc:
-            upcast = any(e.get("type") == "upcast_failed" for e in exc.errors)
-            raise _Refused(
-                "upcast_failed" if upcast else "invalid_payload", _detail(exc)
-            ) from None
+            reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
+            raise _Refused(reason, _detail(exc)) from None
         except EncodeError as exc:
             raise _Refused("invalid_payload" if spec else "undecodable", str(exc)) from None
 
@@ -419,12 +426,8 @@ def _unnamed(spec: TaskSpec, path: str = "message") -> str:
 
 
 def _detail(exc: InvalidArguments) -> str:
-    parts = [
-        f"{'.'.join(map(str, e.get('loc', ()))) or '(arguments)'}: {e.get('msg', 'invalid')}"
-        for e in exc.errors[:5]
-    ]
     return (
-        f"Arguments of {exc.task!r} read as version 1 do not fit: {'; '.join(parts)}. "
+        f"Arguments of {exc.task!r} read as version 1 do not fit: {error_detail(exc)}. "
         f"Fix the task's signature, its upcasters or the version-1 parameter names, then replay."
     )
 

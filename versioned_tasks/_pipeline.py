@@ -469,6 +469,8 @@ def _decode(data: Any, path: str) -> Any:
         return _codec.decode(data)
     except DecodeError as exc:
         raise _Reject("undecodable", f"{path}: {exc}") from None
+    except RecursionError:
+        raise _Reject("undecodable", f"{path}: nested too deeply to decode.") from None
 
 
 def _identity(header: Mapping[str, Any]) -> tuple[str | None, int | None]:
@@ -921,3 +923,20 @@ def _without_context(task: Task) -> dict[str, Any]:
 def _registry_key(task: Task) -> str:
     kind = type(task)
     return f"{kind.__module__}.{kind.__name__}"
+
+
+def error_detail(exc: Exception) -> str:
+    """The first few problems of an error with pydantic-style ``errors``, one line."""
+    errors = getattr(exc, "errors", None)
+    if not errors:
+        return str(exc)
+    return "; ".join(
+        f"{'.'.join(map(str, e.get('loc', ()))) or '(arguments)'}: {e.get('msg', 'invalid')}"
+        for e in errors[:5]
+    )
+
+
+def is_upcast_error(exc: Exception) -> bool:
+    """Whether an InvalidArguments came from an upcaster rather than validation."""
+    errors = getattr(exc, "errors", None) or []
+    return any(e.get("type") == "upcast_failed" for e in errors)
