@@ -54,7 +54,8 @@ def redis_available() -> bool:
     try:
         import redis
 
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1) as conn:
+            conn.ping()
     except Exception:
         return False
     return True
@@ -106,9 +107,9 @@ def _flush_postgres_name(name: str) -> None:
 def _flush_redis_name(name: str) -> None:
     import redis
 
-    conn = redis.Redis.from_url(REDIS_URL)
-    for key in conn.scan_iter(match=f"*{name}*"):
-        conn.delete(key)
+    with redis.Redis.from_url(REDIS_URL) as conn:
+        for key in conn.scan_iter(match=f"*{name}*"):
+            conn.delete(key)
 
 
 @pytest.fixture

@@ -286,6 +286,27 @@ def test_show_reads_signed_entries_with_the_apps_keys(
     assert "Not readable as an envelope" not in result.output
 
 
+def test_show_and_dry_run_never_unpickle_even_with_legacy_pickle_on(
+    runner: CliRunner, write_app: WriteApp, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Looking at a dead letter never runs it: only a replay by name may unpickle."""
+    source = (
+        "from versioned_tasks import VersionedSqliteHuey\n"
+        f"huey = VersionedSqliteHuey('cli', filename={str(tmp_path / 'queue.db')!r}, "
+        "legacy_pickle=True)\n"
+    )
+    module = write_app(source=source)
+    app = app_of(module)
+    app.dead_letters.add(raw=pickle.dumps(_Detonator()), reason="undecodable", error="kept")
+    [entry] = app.dead_letters
+    show = invoke(runner, "dlq", "show", entry.id, "--app", f"{module}:huey")
+    dry = invoke(runner, "dlq", "replay", entry.id, "--dry-run", "--app", f"{module}:huey")
+    assert show.exit_code == 0, show.output
+    assert "not checked: legacy pickle" in show.output
+    assert "not checked: legacy pickle" in dry.output
+    assert _UNPICKLED == []
+
+
 def test_show_json_carries_the_exact_bytes(runner: CliRunner, queue: Queue) -> None:
     result = invoke(
         runner, "dlq", "show", queue.ids["undecodable"], "--app", f"{queue.new}:huey", "--json"

@@ -77,6 +77,7 @@ def test_the_error_tree_is_exported() -> None:
         "EnvelopeTooLarge",
         "InvalidArguments",
         "InvalidResult",
+        "LockFileError",
         "MessageRejected",
         "ReplayFailed",
         "SchemaError",

@@ -8,6 +8,9 @@
     versioned-tasks dlq replay  (ID | --all [--reason R]) --app module.attr [--dry-run]
     versioned-tasks dlq purge   --app module.attr [--yes]
     versioned-tasks migrate-queue --app module.attr [--dry-run] [--legacy-pickle]
+    versioned-tasks lock   --app module.attr [--lock PATH]
+    versioned-tasks check  --app module.attr [--lock PATH]
+    versioned-tasks schema --app module.attr [--task NAME] [--out DIR] [--lock PATH]
 
 ``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
 or ``package.module:attribute``; the current directory is importable.
@@ -39,7 +42,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from . import _demo, _envelope, _legacy
+from . import _demo, _envelope, _legacy, _lock
 from ._deadletters import DeadLetter
 from ._huey import VersionedHuey
 from ._pipeline import REASONS
@@ -294,7 +297,7 @@ def _decode(raw: bytes, app: Any) -> _Decoded:
     try:
         header, body = unpack(raw)
     except DecodeError as exc:
-        inner = _signed_content(raw)
+        inner = _envelope.signed_content(raw)
         if inner is None:
             return _Decoded(None, None, str(exc))
         try:
@@ -307,14 +310,6 @@ def _decode(raw: bytes, app: Any) -> _Decoded:
         return _Decoded(header, orjson.loads(body), problem)
     except orjson.JSONDecodeError as exc:
         return _Decoded(header, None, f"Envelope body is not valid JSON: {exc}")
-
-
-def _signed_content(raw: bytes) -> bytes | None:
-    """The envelope inside a signed message (``VTS1<id>:<mac><envelope>``), unchecked."""
-    if not raw.startswith(_envelope.SIGNED_MAGIC + _envelope.FORMAT):
-        return None
-    start = raw.find(b":") + 1 + 64  # 64 hex digits of HMAC-SHA256
-    return raw[start:] if start > 64 else None
 
 
 @dlq.command("show")
@@ -393,6 +388,14 @@ class _Verdict:
 
 def _check(app: VersionedHuey, entry: DeadLetter) -> _Verdict:
     """What a replay would do now, without enqueueing or changing anything."""
+    if _legacy.is_legacy(entry.raw):
+        # Reading it would unpickle it, even with legacy_pickle on: only a
+        # real replay, asked for by name, may do that.
+        return _Verdict(
+            False,
+            "not checked: legacy pickle, which is unpickled only by a replay of this "
+            "entry on an app with legacy_pickle=True",
+        )
     try:
         task = app.deserialize_task(entry.raw)
     except MessageRejected as exc:
@@ -608,3 +611,138 @@ def _tally_line(area: str, tally: _legacy.Tally, dry_run: bool) -> str:
         f"{area}: {tally.converted} converted, {tally.envelopes} already envelopes, "
         f"{tally.dead_lettered} dead-lettered{taken}."
     )
+
+
+# -- lock, check, schema ----------------------------------------------------------------------
+
+
+def _lock_option(func: F) -> F:
+    return click.option(
+        "--lock",
+        "lock_path",
+        type=click.Path(path_type=Path),
+        default=_lock.DEFAULT_LOCK_PATH,
+        show_default=True,
+        help="The schema lock file.",
+    )(func)
+
+
+@main.command("lock", short_help="Write the app's schema lock file.")
+@_app_option
+@_lock_option
+@_handles_errors
+def lock_command(app_path: str, lock_path: Path) -> None:
+    """Record every versioned task's version, argument schema and upcasters.
+
+    An existing lock keeps its history: the entries of older versions stay, the
+    current version's entry is refreshed. Commit the file; `check` compares the
+    app against it.
+    """
+    app = load_app(app_path)
+    previous = _lock.read_lock(lock_path) if lock_path.exists() else None
+    lock = _lock.build_lock(app, previous)
+    console = _console()
+    counts = (
+        f"{len(lock['tasks'])} tasks, {len(lock['renames'])} renames, "
+        f"{len(lock['tombstones'])} tombstones"
+    )
+    if previous is not None and _lock.dump_lock(previous) == _lock.dump_lock(lock):
+        _line(console, f"{lock_path} is up to date ({counts}).")
+        return
+    _lock.write_lock(lock_path, lock)
+    for change in _lock.describe_changes(previous, lock):
+        _line(console, change)
+    _line(console, f"{'Wrote' if previous is not None else 'Created'} {lock_path} ({counts}).")
+
+
+@main.command("check", short_help="Check the app against its schema lock file.")
+@_app_option
+@_lock_option
+@_handles_errors
+def check_command(app_path: str, lock_path: Path) -> None:
+    """Fail (exit 1) when a task changed in a way queued messages would not survive.
+
+    One line per problem, with its fix: a schema changed without a version
+    bump, a version bump without an upcaster chain from every locked version,
+    a locked task gone without a rename or tombstone, a version gone down.
+    """
+    lock = _lock.read_lock(lock_path)
+    app = load_app(app_path)
+    review = _lock.review_lock(app, lock)
+    console = _console()
+    for note in review.notes:
+        _line(console, f"note: {note}")
+    for problem in review.problems:
+        _line(console, problem.message)
+    checked = f"{len(app.schema.specs)} tasks checked against {lock_path}"
+    if review.problems:
+        _line(console, f"{len(review.problems)} problem(s); {checked}.")
+        sys.exit(EXIT_PROBLEMS)
+    _line(console, f"No problems; {checked}.")
+
+
+@main.command("schema", short_help="Write the JSON Schema of every task and version.")
+@_app_option
+@click.option("--task", "task", metavar="NAME", help="Only this task (its logical name).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Write DIR/<task>/v<N>.schema.json files instead of printing one JSON document.",
+)
+@click.option(
+    "--lock",
+    "lock_path",
+    type=click.Path(path_type=Path),
+    help=f"Lock file with the older versions (default: {_lock.DEFAULT_LOCK_PATH}, if present).",
+)
+@_handles_errors
+def schema_command(
+    app_path: str, task: str | None, out_dir: Path | None, lock_path: Path | None
+) -> None:
+    """Export JSON Schemas: today's version from the model, older ones from the lock."""
+    app = load_app(app_path)
+    if lock_path is None and Path(_lock.DEFAULT_LOCK_PATH).exists():
+        lock_path = Path(_lock.DEFAULT_LOCK_PATH)
+    lock = _lock.read_lock(lock_path) if lock_path is not None else None
+    exported = _lock.export_schemas(app, lock, task=task)
+    documents = {
+        name: {version: _schema_document(schema) for version, schema in versions.items()}
+        for name, versions in exported.items()
+    }
+    if out_dir is None:
+        click.echo(json.dumps(documents, indent=2, sort_keys=True, ensure_ascii=False))
+        return
+    written = [
+        _write_schema(out_dir, name, version, document)
+        for name, versions in documents.items()
+        for version, document in versions.items()
+    ]
+    console = _console()
+    for path in written:
+        _line(console, f"Wrote {path}")
+    _line(console, f"{len(written)} schema files for {len(documents)} tasks in {out_dir}.")
+
+
+_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def _schema_document(schema: Any) -> Any:
+    if isinstance(schema, dict) and "$schema" not in schema:
+        return {"$schema": _DIALECT, **schema}
+    return schema
+
+
+def _write_schema(out_dir: Path, task: str, version: int, document: Any) -> Path:
+    if task in (".", "..") or any(c in task for c in "/\\\0") or task.startswith("."):
+        raise CannotRun(
+            f"Task {task!r} cannot name a directory under --out; export the other tasks "
+            f"one by one with --task, or print this one without --out."
+        )
+    path = out_dir / task / f"v{version}.schema.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(
+        json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+    return path

@@ -44,6 +44,8 @@ from ._pipeline import (
     Retired,
     RetiredMessage,
     Writer,
+    error_detail,
+    is_upcast_error,
     task_factory,
     wire_info,
 )
@@ -52,11 +54,13 @@ from ._serializer import VersionedSerializer
 from ._sqlite import AtomicSqlite
 from .exceptions import (
     ConfigurationError,
+    DecodeError,
     EncodeError,
     InvalidArguments,
     InvalidResult,
     MessageRejected,
     SchemaError,
+    SignatureError,
 )
 
 __all__ = [
@@ -78,6 +82,10 @@ P = ParamSpec("P")
 R = TypeVar("R")
 H = TypeVar("H", bound=Callable[[RetiredMessage], object])
 
+#: The task this thread's worker is executing, if any.
+_EXECUTING: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "versioned_tasks_executing", default=None
+)
 #: Ids of the callbacks and retries that the task running in this context may
 #: enqueue; an invalid one is dead-lettered instead of raising inside Huey.
 _RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
@@ -232,6 +240,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         name: str | None = None,
         args_model: None = None,
         result_model: type[BaseModel] | None = None,
+        allow_compatible_changes: bool = False,
         **huey_task_options: Any,
     ) -> Callable[[Callable[P, R]], VersionedTaskWrapper[P, R]]: ...
     @overload
@@ -242,6 +251,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         name: str | None = None,
         args_model: type[BaseModel],
         result_model: type[BaseModel] | None = None,
+        allow_compatible_changes: bool = False,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., R]], VersionedTaskWrapper[..., R]]: ...
     def versioned_task(
@@ -251,6 +261,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         name: str | None = None,
         args_model: type[BaseModel] | None = None,
         result_model: type[BaseModel] | None = None,
+        allow_compatible_changes: bool = False,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]]:
         """Declare a task with a typed argument model and a schema version.
@@ -264,6 +275,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 the worker (a dict or a model instance); ``Result.get()``
                 gives it back as an instance of this model. A return value
                 that does not validate fails the task with ``InvalidResult``.
+            allow_compatible_changes: let ``versioned-tasks check`` accept a
+                backward-compatible change of the argument schema (an optional
+                field added, a type widened) without a version bump.
             **huey_task_options: Huey's task options (``retries``,
                 ``retry_delay``, ``priority``, ``expires``, ``context``, ...).
 
@@ -286,6 +300,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 context=bool(huey_task_options.get("context", False)),
             )
             spec.result_model = result_model
+            spec.allow_compatible_changes = allow_compatible_changes
             self.schema.add_task(spec)
             try:
                 return self._versioned_wrapper(func, spec, name, dict(huey_task_options))
@@ -569,15 +584,25 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 raise
             # A callback or retry enqueued by Huey inside the worker: raising
             # here would lose it, so keep its arguments as they are.
-            raw = self._writer.encode(task, validate=False)
-            reason = "upcast_failed" if _is_upcast_error(exc) else "invalid_payload"
+            try:
+                raw = self._writer.encode(task, validate=False)
+            except EncodeError as again:
+                logger.critical(
+                    "Huey enqueued %r inside the worker, and it cannot be written even "
+                    "unchecked (%s); it is lost: %r",
+                    task.id,
+                    again,
+                    task,
+                )
+                raise exc from again
+            reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
             spec = getattr(type(task), "_vt_spec", None)
-            name = spec.name if spec else type(task).__name__
+            name = spec.name if spec else _plain_name(task)
             version = _wire_version(task, spec)
             error = (
                 f"Huey enqueued {name!r} version {version} inside the worker (a pipeline "
                 f"step, on_error handler, chord callback or retry) with arguments that do "
-                f"not fit: {_error_detail(exc)}. Fix the task's signature or the caller, "
+                f"not fit: {error_detail(exc)}. Fix the task's signature or the caller, "
                 f"then replay."
             )
             try:
@@ -590,10 +615,42 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
         """Huey's execute, remembering which callbacks this task may enqueue."""
         token = _RUNNING.set(_RUNNING.get() | _callback_ids(task))
+        executing = _EXECUTING.set(task)
         try:
             return super().execute(task, timestamp)
         finally:
+            _EXECUTING.reset(executing)
             _RUNNING.reset(token)
+
+    def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
+        """Huey's is_revoked; in the worker, a revocation record that cannot be
+        read dead-letters the task instead of losing it.
+
+        Huey checks revocations after the message left the queue: an error here
+        would drop the task. The task is kept, as it was dequeued, under the
+        reason of the record (``undecodable`` or ``bad_signature``), and counts
+        as revoked for this run. Outside the worker the error is raised.
+        """
+        try:
+            return bool(super().is_revoked(task, timestamp, peek))
+        except DecodeError as exc:
+            if _EXECUTING.get() is not task:
+                raise
+            reason = "bad_signature" if isinstance(exc, SignatureError) else "undecodable"
+            spec = getattr(type(task), "_vt_spec", None)
+            name = spec.name if spec is not None else _plain_name(task)
+            error = (
+                f"A revocation record of this task cannot be read ({exc}); the task was not "
+                f"run. Delete or rewrite the record (huey.restore_by_id / restore_all), "
+                f"then replay."
+            )
+            raw = self._writer.encode(task, validate=False)
+            try:
+                self._dead_letter(raw, reason, name, _wire_version(task, spec), error)
+            except Exception:
+                self._rescue(raw)
+                raise
+            return True
 
     # -- reading ---------------------------------------------------------------
 
@@ -851,26 +908,17 @@ def _callback_ids(task: Task) -> frozenset[str]:
     return frozenset(ids)
 
 
+def _plain_name(task: Task) -> str:
+    """A plain task's name on the wire: its Huey registry key."""
+    kind = type(task)
+    return f"{kind.__module__}.{kind.__name__}"
+
+
 def _wire_version(task: Task, spec: TaskSpec | None) -> int | None:
     wire = wire_info(task)
     if wire is not None:
         return wire[0]
     return spec.version if spec is not None else None
-
-
-def _error_detail(exc: Exception) -> str:
-    errors = getattr(exc, "errors", None)
-    if not errors:
-        return str(exc)
-    return "; ".join(
-        f"{'.'.join(map(str, e.get('loc', ()))) or '(arguments)'}: {e.get('msg', 'invalid')}"
-        for e in errors[:5]
-    )
-
-
-def _is_upcast_error(exc: Exception) -> bool:
-    errors = getattr(exc, "errors", None) or []
-    return any(e.get("type") == "upcast_failed" for e in errors)
 
 
 class VersionedMemoryHuey(VersionedHuey):

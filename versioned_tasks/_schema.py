@@ -109,6 +109,10 @@ class TaskSpec:
     make_task: Any = field(default=None, repr=False)
     #: The pydantic model the task's return value is validated as, if any.
     result_model: type[BaseModel] | None = None
+    #: Let ``versioned-tasks check`` accept a backward-compatible change of the
+    #: argument schema (an optional field added, a type widened) without a
+    #: version bump.
+    allow_compatible_changes: bool = False
 
     # -- producer side -------------------------------------------------------
 

@@ -7,6 +7,7 @@ The tree::
      ├── InvalidResult (also a ValueError)       a return value does not fit result_model
      ├── SchemaError                             declarations that cannot work together
      ├── ConfigurationError                      an option or backend that cannot be used
+     │    └── LockFileError                      a schema lock file missing or unreadable
      ├── EncodeError (also a TypeError)          a value the envelope cannot carry
      │    └── EnvelopeTooLarge                   a message over the serializer's max_size
      ├── DecodeError (also a ValueError)         bytes that are not a readable envelope
@@ -31,6 +32,7 @@ __all__ = [
     "EncodeError",
     "EnvelopeTooLarge",
     "InvalidArguments",
+    "LockFileError",
     "MessageRejected",
     "ReplayFailed",
     "SchemaError",
@@ -259,4 +261,20 @@ class SignatureError(DecodeError):
 
     def __init__(self, message: str, *, key_id: str | None = None) -> None:
         self.key_id = key_id
+        super().__init__(message)
+
+
+class LockFileError(ConfigurationError):
+    """A schema lock file (``versioned-tasks.lock``) that is missing or unreadable.
+
+    Raised by ``versioned-tasks check``, ``lock`` and ``schema`` (exit code 2)
+    for a file that does not exist, is not JSON, or does not have the lock's
+    shape, e.g. after a hand edit or a bad merge.
+
+    Attributes:
+        path: the lock file's path, as given.
+    """
+
+    def __init__(self, message: str, *, path: str) -> None:
+        self.path = path
         super().__init__(message)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from huey.storage import MemoryStorage
 
 from versioned_tasks import VersionedMemoryHuey
+from versioned_tasks.testing import assert_upcasts, check_corpus
 
 from . import after, before
+
+PAYLOADS = Path(__file__).parent / "payloads"
 
 
 @pytest.fixture(autouse=True)
@@ -38,6 +42,22 @@ def test_version_1_message_runs_on_the_new_code_with_the_default_locale() -> Non
     assert after.huey.execute(task) == "[en] receipt for order 7 to ada@example.com"
     assert result() == "[en] receipt for order 7 to ada@example.com"
     assert len(after.huey.dead_letters) == 0
+
+
+def test_upcaster_fills_in_the_english_locale() -> None:
+    """A version-1 payload upcasts to version 2 with locale "en"."""
+    assert_upcasts(
+        after.huey,
+        "orders.send_receipt",
+        {"order_id": 7, "email": "ada@example.com"},
+        from_version=1,
+        expected={"order_id": 7, "email": "ada@example.com", "locale": "en"},
+    )
+
+
+def test_every_stored_version_1_payload_upcasts_and_validates() -> None:
+    """The payload corpus of this example runs through today's chain and model."""
+    assert check_corpus(after.huey, PAYLOADS) == 3
 
 
 def test_version_2_message_waits_on_an_old_worker_until_the_new_code_reads_it() -> None:
