@@ -284,7 +284,9 @@ def test_an_app_that_does_not_import_fails_clearly(pytester: pytest.Pytester) ->
         f"versioned_tasks_app = 'nowhere:huey' (in {ini}) does not import: "
         f"ModuleNotFoundError: No module named 'nowhere'"
     )
-    assert result.stdout.str().count(expected) == 2
+    # Once for the corpus item and once for the fixture; the short summary
+    # repeats them in full when CI is set (pytest does not truncate it there).
+    assert result.stdout.str().count(expected) in (2, 4)
 
 
 def test_an_app_option_naming_something_else_fails(pytester: pytest.Pytester) -> None:
