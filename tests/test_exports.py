@@ -73,6 +73,7 @@ def test_the_error_tree_is_exported() -> None:
         "ConfigurationError",
         "DeadLetterNotFound",
         "DecodeError",
+        "DowncastFailed",
         "EncodeError",
         "EnvelopeTooLarge",
         "InvalidArguments",
@@ -126,6 +127,13 @@ def test_reasons_are_the_documented_strings() -> None:
         "newer_version",
         "retired",
     }
+
+
+def test_the_deferral_signal_is_a_huey_signal_name() -> None:
+    """SIGNAL_DEFERRED is the string receivers register with ``@huey.signal(...)``."""
+    assert versioned_tasks.SIGNAL_DEFERRED == "deferred"
+    assert issubclass(versioned_tasks.DowncastFailed, InvalidArguments)
+    assert versioned_tasks.DeferredMessage.__doc__
 
 
 def test_reserved_parameters_are_the_documented_names() -> None:

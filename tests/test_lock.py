@@ -214,7 +214,8 @@ def test_lock_prints_what_changed(runner: CliRunner, write_app: WriteApp) -> Non
     assert result.stdout.splitlines() == [
         "~ billing.send_invoice: version 1 -> 2; history keeps v1",
         "~ billing.send_invoice: upcasters_from [] -> [1]",
-        "- reports.export v1 (renamed to 'reports.quarterly_export')",
+        "~ reports.export v1: renamed to 'reports.quarterly_export'; its history stays in "
+        "the lock",
         "+ reports.quarterly_export v1 (new task)",
         "+ rename reports.export -> reports.quarterly_export",
         f"Wrote {DEFAULT_LOCK_PATH} (2 tasks, 1 renames, 0 tombstones).",
@@ -275,7 +276,7 @@ def test_history_of_older_versions_is_kept_across_bumps(
 def test_a_renamed_task_inherits_the_history_of_its_old_name(
     runner: CliRunner, write_app: WriteApp, tmp_path: Path
 ) -> None:
-    """After rename('a', 'b'), b's entry keeps a's older versions; a's entry goes."""
+    """After rename('a', 'b'), b's entry keeps a's older versions; a's entry stays as it was."""
     lock(
         runner,
         write_app(
@@ -285,6 +286,7 @@ def test_a_renamed_task_inherits_the_history_of_its_old_name(
             """
         ),
     )
+    first = read_lock(tmp_path / DEFAULT_LOCK_PATH)["tasks"]["reports.export"]
     module = write_app(
         """
         @huey.versioned_task(version=2, name="reports.quarterly_export")
@@ -300,7 +302,8 @@ def test_a_renamed_task_inherits_the_history_of_its_old_name(
     assert check(runner, module).exit_code == 0
     lock(runner, module)
     data = read_lock(tmp_path / DEFAULT_LOCK_PATH)
-    assert list(data["tasks"]) == ["reports.quarterly_export"]
+    assert list(data["tasks"]) == ["reports.export", "reports.quarterly_export"]
+    assert data["tasks"]["reports.export"] == first
     assert sorted(data["tasks"]["reports.quarterly_export"]["versions"]) == ["1", "2"]
     assert data["renames"] == {"reports.export": "reports.quarterly_export"}
 
@@ -385,8 +388,8 @@ def test_a_renamed_python_function_is_cosmetic(runner: CliRunner, write_app: Wri
     )
     assert result.exit_code == 0, result.output
     assert (
-        "note: Task 'billing.send_invoice' version 1: only titles, descriptions or examples "
-        "changed." in result.stdout
+        "note: Task 'billing.send_invoice' version 1: only annotations changed (titles, "
+        "descriptions, examples, x- keys)." in result.stdout
     )
 
 
@@ -436,8 +439,9 @@ def test_a_compatible_change_without_a_bump_needs_the_opt_in(
     assert problem_lines(result) == [
         "Task 'billing.send_invoice' version 1: its argument schema changed without a version "
         "bump, a backward-compatible change ('note' added as an optional field). Opt in with "
-        "@huey.versioned_task(version=1, allow_compatible_changes=True), or raise the version "
-        "to 2 with @huey.upcaster('billing.send_invoice', from_version=1); then run "
+        "@huey.versioned_task(version=1, allow_compatible_changes=True) if every worker runs "
+        "the new code before any message uses the change, or raise the version to 2 with "
+        "@huey.upcaster('billing.send_invoice', from_version=1); then run "
         "`versioned-tasks lock`."
     ]
 
@@ -458,7 +462,9 @@ def test_the_opt_in_lets_a_compatible_change_pass(runner: CliRunner, write_app: 
     assert result.exit_code == 0, result.output
     assert (
         "note: Task 'billing.send_invoice' version 1: backward-compatible change allowed by "
-        "allow_compatible_changes=True ('note' added as an optional field)." in result.stdout
+        "allow_compatible_changes=True ('note' added as an optional field); a worker still "
+        "running the locked code dead-letters a message that uses it (invalid_payload), so "
+        "every worker must run this code before any producer does." in result.stdout
     )
 
 
@@ -717,6 +723,294 @@ def test_a_rename_or_tombstone_gone_from_the_app_is_caught(
     ]
 
 
+def lock_each_then_check(runner: CliRunner, write_app: WriteApp, *stages: str) -> Result:
+    """Lock each stage of the code in turn, then check the last stage."""
+    modules = [write_app(stage) for stage in stages]
+    for module in modules[:-1]:
+        lock(runner, module)
+    return check(runner, modules[-1])
+
+
+A_V1 = """
+@huey.versioned_task(version=1, name="a")
+def a(x: int) -> None: ...
+"""
+
+A_RENAMED_TO_B = """
+huey.rename("a", "b")
+
+@huey.versioned_task(version=1, name="b")
+def b(x: int) -> None: ...
+"""
+
+
+def test_a_rename_that_leads_elsewhere_now_is_compared_with_the_new_target(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(1) The lock renames a to b; the app renames a to c, whose arguments differ."""
+    result = lock_each_then_check(
+        runner,
+        write_app,
+        A_V1,
+        A_RENAMED_TO_B,
+        """
+        huey.rename("a", "c")
+
+        @huey.versioned_task(version=1, name="b")
+        def b(x: int) -> None: ...
+
+        @huey.versioned_task(version=1, name="c")
+        def c(y: str) -> None: ...
+        """,
+    )
+    assert result.exit_code == 1, result.output
+    assert problem_lines(result) == [
+        "Task 'a' (renamed to 'c'; the lock renames it to 'b') version 1: messages written as "
+        "'a' at version 1 would be validated by 'c' version 1, but the version-1 schemas of "
+        "'a' and 'c' differ in a breaking way ('y' added as a required field; 'x' removed: "
+        "messages that carry it would be refused (extra keys are forbidden)), so they would "
+        "be dead-lettered; restore huey.rename('a', 'b'), or rename 'a' to a task its "
+        "messages fit, or replace the rename by huey.tombstone('a') with a handler that "
+        "enqueues 'c' with converted arguments; once no message written as 'a' can remain, "
+        "drop the rename and run `versioned-tasks lock`."
+    ]
+
+
+def test_a_rename_that_leads_to_a_task_its_messages_fit_passes(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(1) Retargeted to a task with the same arguments: nothing is stranded."""
+    result = lock_each_then_check(
+        runner,
+        write_app,
+        A_V1,
+        A_RENAMED_TO_B,
+        """
+        huey.rename("a", "c")
+
+        @huey.versioned_task(version=1, name="b")
+        def b(x: int) -> None: ...
+
+        @huey.versioned_task(version=1, name="c")
+        def c(x: int) -> None: ...
+        """,
+    )
+    assert result.exit_code == 0, result.output
+
+
+def test_a_retargeted_rename_without_history_of_its_own_uses_the_old_targets(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(1) a was renamed before it was ever locked: b's locked history stands for it."""
+    result = lock_each_then_check(
+        runner,
+        write_app,
+        A_RENAMED_TO_B,
+        """
+        huey.rename("a", "c")
+
+        @huey.versioned_task(version=1, name="b")
+        def b(x: int) -> None: ...
+
+        @huey.versioned_task(version=1, name="c")
+        def c(x: str) -> None: ...
+        """,
+    )
+    assert result.exit_code == 1, result.output
+    [line] = problem_lines(result)
+    assert line.startswith(
+        "Task 'a' (renamed to 'c'; the lock renames it to 'b') version 1: messages written as "
+        "'a' at version 1 would be validated by 'c' version 1, but the version-1 schemas of "
+        "'a' and 'c' differ in a breaking way ('x' changed from integer to string)"
+    )
+
+
+def test_a_rename_from_a_retired_name_to_a_task_cannot_be_compared(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(1) The lock led a to a tombstone; now it leads to a task: the fix names both."""
+    result = lock_each_then_check(
+        runner,
+        write_app,
+        'huey.rename("a", "b")\nhuey.tombstone("b")\n',
+        'huey.rename("a", "c")\nhuey.tombstone("b")\n\n'
+        '@huey.versioned_task(version=1, name="c")\ndef c(x: int) -> None: ...\n',
+    )
+    assert result.exit_code == 1, result.output
+    assert problem_lines(result) == [
+        "The rename 'a' -> 'b' in the lock now leads to 'c': messages written under 'a' would "
+        "run as 'c', and the lock has no schema of them to compare with 'c''s; restore "
+        "huey.rename('a', 'b'), or, once no message written under 'a' can remain, run "
+        "`versioned-tasks lock` to accept it."
+    ]
+
+
+B_V1 = """
+@huey.versioned_task(version=1, name="b")
+def b(y: str) -> None: ...
+"""
+
+B_V2 = """
+@huey.versioned_task(version=2, name="b")
+def b(y: str, z: int) -> None: ...
+
+@huey.upcaster("b", from_version=1)
+def b_from_v1(payload):
+    return {**payload, "z": 0}
+"""
+
+
+def test_a_task_renamed_into_another_locked_task_is_compared_at_each_version(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(2) a's v1 messages would go through b's upcaster from v1, written for b's v1."""
+    result = lock_each_then_check(
+        runner, write_app, A_V1 + B_V1, A_V1 + B_V2, 'huey.rename("a", "b")\n' + B_V2
+    )
+    assert result.exit_code == 1, result.output
+    assert problem_lines(result) == [
+        "Task 'a' (renamed to 'b') version 1: messages written as 'a' at version 1 would go "
+        "through the upcaster of 'b' from version 1, but the version-1 schemas of 'a' and 'b' "
+        "differ in a breaking way ('y' added as a required field; 'x' removed: messages that "
+        "carry it would be refused (extra keys are forbidden)), so they would be "
+        "dead-lettered; rename 'a' to a task its messages fit, or replace the rename by "
+        "huey.tombstone('a') with a handler that enqueues 'b' with converted arguments; once "
+        "no message written as 'a' can remain, drop the rename and run `versioned-tasks lock`."
+    ]
+
+
+def test_a_task_renamed_into_a_task_with_no_history_at_its_version_fails(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(2) The lock never saw b at version 1: a's v1 messages cannot be shown to fit."""
+    result = lock_each_then_check(runner, write_app, A_V1 + B_V2, 'huey.rename("a", "b")\n' + B_V2)
+    assert result.exit_code == 1, result.output
+    [line] = problem_lines(result)
+    assert line.startswith(
+        "Task 'a' (renamed to 'b') version 1: messages written as 'a' at version 1 would go "
+        "through the upcaster of 'b' from version 1, but the lock has no schema of 'b' at "
+        "version 1 to show that they fit; rename 'a' to a task its messages fit"
+    )
+
+
+def test_a_task_renamed_into_another_at_the_same_version_is_compared(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(2) Both at version 1: a's messages would be validated by b's model of today."""
+    result = lock_each_then_check(runner, write_app, A_V1 + B_V1, 'huey.rename("a", "b")\n' + B_V1)
+    assert result.exit_code == 1, result.output
+    [line] = problem_lines(result)
+    assert line.startswith(
+        "Task 'a' (renamed to 'b') version 1: messages written as 'a' at version 1 would be "
+        "validated by 'b' version 1, but the version-1 schemas of 'a' and 'b' differ"
+    )
+
+
+def test_a_task_renamed_into_one_its_messages_fit_passes(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(2) a's v1 arguments are b's v1 arguments: the merge strands nothing; it stays quiet."""
+    a_like_b = '@huey.versioned_task(version=1, name="a")\ndef a(y: str) -> None: ...\n'
+    merged = 'huey.rename("a", "b")\n' + B_V2
+    result = lock_each_then_check(runner, write_app, a_like_b + B_V1, a_like_b + B_V2, merged)
+    assert result.exit_code == 0, result.output
+    assert problem_lines(result) == []
+    lock(runner, write_app(merged))
+    again = check(runner, write_app(merged))
+    assert again.stdout.splitlines() == [
+        "No problems; 1 tasks checked against versioned-tasks.lock."
+    ]
+
+
+def test_a_task_renamed_to_a_plain_huey_task_is_a_note(
+    runner: CliRunner, write_app: WriteApp, tmp_path: Path
+) -> None:
+    """(7) The plain task takes the messages, as the worker and check_schemas() allow."""
+    module = write_app("")
+    plain = f"""
+        @huey.task()
+        def export(*args, **kwargs) -> None: ...
+
+        huey.rename("a", "{module}.export")
+        """
+    lock(runner, write_app(A_V1))
+    module_text = APP_MODULE.format(body=textwrap.dedent(plain))
+    (tmp_path / f"{module}.py").write_text(module_text)
+    sys.modules.pop(module, None)
+    result = check(runner, module)
+    assert result.exit_code == 0, result.output
+    assert (
+        f"note: Task 'a' (version 1 in the lock) is renamed to the plain Huey task "
+        f"'{module}.export', which takes its messages' arguments as they are (they are not "
+        f"validated)." in result.stdout
+    )
+    lock(runner, module)
+    assert read_lock(tmp_path / DEFAULT_LOCK_PATH)["tasks"]["a"]["version"] == 1
+    assert check(runner, module).stdout.startswith("No problems")
+
+
+def test_the_history_of_retired_and_renamed_names_stays_in_the_lock(
+    runner: CliRunner, write_app: WriteApp, tmp_path: Path
+) -> None:
+    """(11) Tombstoned and renamed-away names keep their entries; removed ones lose theirs."""
+    lock(runner, write_app(A_V1 + EXPORT_V1 + INVOICE_V1))
+    before = read_lock(tmp_path / DEFAULT_LOCK_PATH)["tasks"]
+    module = write_app(
+        'huey.tombstone("reports.export")\n'
+        'huey.rename("billing.send_invoice", "billing.invoice")\n'
+        '@huey.versioned_task(version=1, name="billing.invoice")\n'
+        'def invoice(invoice_id: int, currency: str = "EUR") -> None: ...\n'
+    )
+    result = lock(runner, module)
+    assert result.stdout.splitlines() == [
+        "- a v1 (removed, with no rename or tombstone)",
+        "+ billing.invoice v1 (new task)",
+        "~ billing.send_invoice v1: renamed to 'billing.invoice'; its history stays in the lock",
+        "~ reports.export v1: tombstoned; its history stays in the lock",
+        "+ rename billing.send_invoice -> billing.invoice",
+        "+ tombstone reports.export",
+        f"Wrote {DEFAULT_LOCK_PATH} (1 tasks, 1 renames, 1 tombstones).",
+    ]
+    data = read_lock(tmp_path / DEFAULT_LOCK_PATH)
+    assert sorted(data["tasks"]) == ["billing.invoice", "billing.send_invoice", "reports.export"]
+    assert data["tasks"]["reports.export"] == before["reports.export"]
+    assert data["tasks"]["billing.send_invoice"] == before["billing.send_invoice"]
+    assert check(runner, module, "--frozen").exit_code == 0
+    # The old names' schemas are still exported, for consumers and payloads().
+    exported = invoke(runner, "schema", "--app", f"{module}:huey", "--task", "reports.export")
+    assert exported.exit_code == 0, exported.output
+    assert json.loads(exported.stdout)["reports.export"]["1"]["required"] == ["quarter"]
+    assert version_schema(data, "billing.send_invoice", 1) is not None
+
+
+def test_check_frozen_fails_when_lock_would_change_the_file(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(5) --frozen: a lock that is merely out of date fails CI too, with a line saying so."""
+    lock(runner, write_app(INVOICE_V1))
+    module = write_app(INVOICE_V1 + EXPORT_V1)
+    assert check(runner, module).exit_code == 0
+    result = check(runner, module, "--frozen")
+    assert result.exit_code == 1, result.output
+    assert problem_lines(result) == [
+        "The lock file is out of date: `versioned-tasks lock` would change it (+ reports.export "
+        "v1 (new task)); run it and commit the file."
+    ]
+    lock(runner, module)
+    assert check(runner, module, "--frozen").exit_code == 0
+
+
+def test_check_frozen_adds_nothing_to_real_problems(
+    runner: CliRunner, write_app: WriteApp
+) -> None:
+    """(5) With problems, running `lock` is not the fix: no out-of-date line then."""
+    lock(runner, write_app(INVOICE_V1 + EXPORT_V1))
+    result = check(runner, write_app(INVOICE_V1), "--frozen")
+    assert result.exit_code == 1, result.output
+    [line] = problem_lines(result)
+    assert line.startswith("Task 'reports.export' (version 1 in the lock) is gone")
+
+
 def test_a_version_that_went_down_is_caught(runner: CliRunner, write_app: WriteApp) -> None:
     """(d) Locked at v2, declared at v1: exit 1 with the expected message."""
     result = lock_then_check(
@@ -884,6 +1178,16 @@ def task(args) -> None: ...
             "a: tuple[int, str, int]",
             "breaking ('a' minItems tightened to 3; 'a' changed its tuple items)",
         ),
+        (
+            "a: dict[str, int]",
+            "a: dict[Annotated[str, Field(max_length=3)], int]",
+            "breaking ('a' has a new 'propertyNames' keyword)",
+        ),
+        (
+            "a: dict[Annotated[str, Field(max_length=3)], int]",
+            "a: dict[str, int]",
+            "breaking ('a' dropped its 'propertyNames' keyword)",
+        ),
     ],
 )
 def test_signature_changes_are_classified(
@@ -995,6 +1299,21 @@ class Address(BaseModel):
             "breaking ('pet.kind' no longer accepts 'dog' (now the constant 'cat'))",
             id="tagged-union-branch-dropped",
         ),
+        pytest.param(
+            "class Args(BaseModel):\n    a: int",
+            "class Args(BaseModel):\n    model_config = ConfigDict(extra='forbid')\n    a: int",
+            "breaking (the payload refuses unknown keys now (extra='forbid'), which it "
+            "ignored: an older message, or an upcaster's output, that carries one would be "
+            "refused)",
+            id="extra-ignored-then-forbidden",
+        ),
+        pytest.param(
+            ADDRESS.format(extra="") + "class Args(BaseModel):\n    to: Address",
+            ADDRESS.format(extra="    model_config = ConfigDict(extra='forbid')")
+            + "class Args(BaseModel):\n    to: Address",
+            "breaking ('to' refuses unknown keys now (extra='forbid')",
+            id="nested-extra-ignored-then-forbidden",
+        ),
     ],
 )
 def test_model_changes_are_classified(
@@ -1025,6 +1344,33 @@ def test_a_renamed_nested_model_is_compatible(runner: CliRunner, write_app: Writ
     assert result.exit_code == 1, result.output
     [line] = problem_lines(result)
     assert "a backward-compatible change (restructured (e.g. a nested model renamed)" in line
+
+
+def test_extension_keys_and_examples_are_cosmetic(runner: CliRunner, write_app: WriteApp) -> None:
+    """json_schema_extra's x- keys (and examples) describe a field; they change no payload."""
+    result = lock_then_check(
+        runner,
+        write_app,
+        SIGNATURE.format(params="email: str"),
+        SIGNATURE.format(
+            params="email: Annotated[str, Field(json_schema_extra={'x-pii': True, "
+            "'example': 'a@example.com'})]"
+        ),
+    )
+    assert result.exit_code == 0, result.output
+    assert "note: Task 't.task' version 1: only annotations changed" in result.stdout
+
+
+def test_a_keyword_only_one_side_has_is_compared_not_crashed_on() -> None:
+    """A keyword the comparison does not know, present on one side: breaking, with the key."""
+    old = {"type": "object", "additionalProperties": {"type": "integer"}}
+    new = {**old, "propertyNames": {"format": "date"}}
+    change = classify(old, new)
+    assert (change.level, change.reasons) == (
+        "breaking",
+        ("the payload has a new 'propertyNames' keyword",),
+    )
+    assert classify({**old, "x-note": 1}, {**old, "x-note": 2}).level == "cosmetic"
 
 
 # -- schema export -------------------------------------------------------------------------------
@@ -1099,8 +1445,8 @@ def test_schema_of_an_unknown_task_exits_2(runner: CliRunner, write_app: WriteAp
     result = invoke(runner, "schema", "--app", f"{module}:huey", "--task", "billing.nope")
     assert_one_line_error(
         result,
-        r"Task 'billing.nope' is not declared in app 'lock-tests'; pass one of its versioned "
-        r"tasks' logical names \(billing.send_invoice\)\.",
+        r"Task 'billing.nope' is not declared in app 'lock-tests', and the lock has no history "
+        r"of it; pass one of its versioned tasks' logical names \(billing.send_invoice\)\.",
     )
 
 
@@ -1198,7 +1544,7 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
         pytest.param(
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": "1",'
             ' "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
-            r"task 't' version is not an integer of at least 1",
+            r"task 't' version is not an integer from 1 to 9223372036854775807",
             id="version-string",
         ),
         pytest.param(
@@ -1224,6 +1570,26 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
             ' "upcasters_from": [], "allow_compatible_changes": false, "versions": {"v1": {}}}}}',
             r"task 't' versions has the key 'v1', which is not a version",
             id="version-key",
+        ),
+        pytest.param(
+            '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": 1,'
+            ' "upcasters_from": [], "allow_compatible_changes": false, "versions": {"'
+            + "9" * 5000
+            + '": {}}}}}',
+            r"task 't' versions has the key '9{20}\.\.\.9{10}', which is not a version",
+            id="version-key-of-5000-digits",
+        ),
+        pytest.param(
+            '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": '
+            + str(10**30)
+            + ', "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
+            r"task 't' version is not an integer from 1 to 9223372036854775807",
+            id="version-too-large",
+        ),
+        pytest.param(
+            '{"lock_format": 1.0, "tasks": {}, "renames": {}, "tombstones": []}',
+            r"has lock_format 1\.0",
+            id="format-as-float",
         ),
         pytest.param(
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": 1,'
@@ -1287,6 +1653,11 @@ def test_a_hand_edited_schema_is_refused_by_its_fingerprint(
         ("{module}:nope", r"Module '{module}' has no attribute 'nope'"),
         ("{module}:huey.name", r"is a str, not a VersionedHuey instance"),
         ("{broken}:huey", r"Could not import module '{broken}' .*ZeroDivisionError"),
+        (
+            "{exits}:huey",
+            r"Could not import module '{exits}' for --app '{exits}:huey': importing it called "
+            r"sys\.exit\(3\); keep the app's module free of code that exits",
+        ),
     ],
 )
 def test_an_app_that_does_not_import_exits_2(
@@ -1299,9 +1670,11 @@ def test_an_app_that_does_not_import_exits_2(
 ) -> None:
     """An --app that does not import or is not an app: one line, exit 2, for every command."""
     module, broken = write_app(INVOICE_V1), write_app("1 / 0")
+    exits = write_app("import sys\nsys.exit(3)")
     lock(runner, module)
-    result = invoke(runner, command, "--app", app.format(module=module, broken=broken))
-    assert_one_line_error(result, pattern.format(module=module, broken=broken))
+    names = {"module": module, "broken": broken, "exits": exits}
+    result = invoke(runner, command, "--app", app.format(**names))
+    assert_one_line_error(result, pattern.format(**names))
 
 
 def test_a_task_without_a_json_schema_cannot_be_locked(

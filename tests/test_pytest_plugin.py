@@ -205,6 +205,50 @@ def test_the_fixture_gives_the_app_in_immediate_mode_then_restores_it(
     result.assert_outcomes(passed=2)
 
 
+def test_each_test_gets_a_fresh_storage_even_from_an_immediate_app(
+    pytester: pytest.Pytester,
+) -> None:
+    """An app already in immediate mode: what one test leaves does not reach the next."""
+    pytester.makefile(
+        ".ini", pytest="[pytest]\npythonpath = .\nversioned_tasks_app = myapp:huey\n"
+    )
+    pytester.makepyfile(
+        myapp="""
+        from versioned_tasks import VersionedMemoryHuey
+
+        huey = VersionedMemoryHuey("shop", immediate=True)
+        own_storage = huey.storage
+
+
+        @huey.versioned_task(version=1, name="shop.remind")
+        def remind(order_id: int) -> None: ...
+        """,
+        test_project_fresh="""
+        import myapp
+
+
+        def test_one_leaves_a_scheduled_message(versioned_huey):
+            assert versioned_huey.storage is not myapp.own_storage
+            myapp.remind.schedule((1,), delay=3600)
+            assert versioned_huey.scheduled_count() == 1
+
+
+        def test_two_starts_empty(versioned_huey):
+            assert versioned_huey.scheduled_count() == 0
+
+
+        def test_three_the_app_is_as_it_was():
+            assert myapp.huey.immediate is True
+            assert myapp.huey.storage is myapp.own_storage
+            assert myapp.huey.scheduled_count() == 0
+        """,
+    )
+
+    result = pytester.runpytest()
+
+    result.assert_outcomes(passed=3)
+
+
 def test_a_property_test_of_every_valid_v1_payload(pytester: pytest.Pytester) -> None:
     """payloads() reads version 1 from the configured lock file; every draw upcasts."""
     project(pytester)
@@ -281,8 +325,8 @@ def test_an_app_that_does_not_import_fails_clearly(pytester: pytest.Pytester) ->
     result.assert_outcomes(failed=1, errors=1)
     ini = pytester.path / "pytest.ini"
     expected = (
-        f"versioned_tasks_app = 'nowhere:huey' (in {ini}) does not import: "
-        f"ModuleNotFoundError: No module named 'nowhere'"
+        f"Could not import module 'nowhere' for versioned_tasks_app = 'nowhere:huey' "
+        f"(in {ini}): ModuleNotFoundError: No module named 'nowhere'"
     )
     # Once for the corpus item and once for the fixture; the short summary
     # repeats them in full when CI is set (pytest does not truncate it there).
@@ -298,7 +342,10 @@ def test_an_app_option_naming_something_else_fails(pytester: pytest.Pytester) ->
 
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*(in *pytest.ini) is a VersionedTaskWrapper, not a VersionedHuey; point it at the app."]
+        [
+            "*(in *pytest.ini) is a VersionedTaskWrapper, not a VersionedHuey instance; point "
+            "it at the app, e.g. 'myproject.tasks:huey'."
+        ]
     )
 
 

@@ -127,6 +127,29 @@ def test_assert_upcasts_names_each_field_that_differs_from_expected() -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [
+        pytest.param(True, "got 1, expected true", id="bool-for-int"),
+        pytest.param(1.0, "got 1, expected 1.0", id="float-for-int"),
+    ],
+)
+def test_expected_values_are_compared_with_their_json_types(amount: Any, shown: str) -> None:
+    """``True == 1`` and ``1.0 == 1`` in Python, not on the wire: a mismatch."""
+    huey = VersionedMemoryHuey("typed")
+
+    @huey.versioned_task(version=1, name="shop.pay")
+    def pay(amount: int) -> None: ...
+
+    with pytest.raises(AssertionError) as caught:
+        assert_upcasts(
+            huey, "shop.pay", {"amount": 1}, from_version=1, expected={"amount": amount}
+        )
+
+    assert str(caught.value).splitlines()[1] == f"  amount: {shown}"
+    assert assert_upcasts(huey, "shop.pay", {"amount": 1}, from_version=1, expected={"amount": 1})
+
+
 def test_a_failing_upcaster_is_named_with_its_input() -> None:
     """The message names the task, version, the upcaster function and what it was given."""
     huey = invoice_app()
@@ -538,6 +561,31 @@ def test_immediate_runs_tasks_and_puts_the_storage_back(tmp_path: Path) -> None:
     assert huey.pending_count() == 0
 
 
+def test_immediate_gives_a_fresh_memory_storage_each_time() -> None:
+    """Also for an app in immediate mode already: nothing carries over between blocks."""
+    huey = VersionedMemoryHuey("fresh", immediate=True)
+    storage = huey.storage
+
+    @huey.versioned_task(version=1, name="math.add")
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with immediate(huey):
+        assert huey.storage is not storage
+        add.schedule((1, 2), delay=3600)
+        huey.dead_letters.add(reason="undecodable", raw=b"x", error="test")
+        assert huey.scheduled_count() == 1
+        assert len(huey.dead_letters) == 1
+
+    assert huey.immediate is True
+    assert huey.storage is storage
+    with immediate(huey):
+        assert huey.scheduled_count() == 0
+        assert len(huey.dead_letters) == 0
+    assert huey.storage is storage
+    assert huey.scheduled_count() == 0
+
+
 # -- payloads -----------------------------------------------------------------------------
 
 PROPERTY = settings(
@@ -600,6 +648,41 @@ def test_older_payloads_come_from_the_lock_history(tmp_path: Path) -> None:
 
     collect()
     assert drawn
+
+
+def test_payloads_of_a_retired_or_renamed_name_come_from_the_lock(tmp_path: Path) -> None:
+    """The lock keeps the history of tombstoned and renamed-away names after `lock`."""
+    old = VersionedMemoryHuey("old")
+    v1_app(old)
+
+    @old.versioned_task(version=1, name="billing.export")
+    def export(quarter: str) -> None: ...
+
+    now = VersionedMemoryHuey("now")
+    now.tombstone("billing.export")
+    now.rename(INVOICE, "billing.invoice")
+
+    @now.versioned_task(version=1, name="billing.invoice")
+    def invoice(invoice_id: int, name: str) -> None: ...
+
+    lock = build_lock(now, build_lock(old))
+    drawn: list[tuple[str, dict[str, Any]]] = []
+
+    @PROPERTY
+    @given(payloads(now, "billing.export", version=1, lock=lock))
+    def retired(payload: dict[str, Any]) -> None:
+        drawn.append(("export", payload))
+        assert set(payload) == {"quarter"}
+
+    @PROPERTY
+    @given(payloads(now, INVOICE, version=1, lock=lock))
+    def renamed(payload: dict[str, Any]) -> None:
+        drawn.append(("invoice", payload))
+        assert_upcasts(now, INVOICE, payload, from_version=1)
+
+    retired()
+    renamed()
+    assert {kind for kind, _ in drawn} == {"export", "invoice"}
 
 
 def test_a_lock_loaded_as_a_dict_works_too(tmp_path: Path) -> None:

@@ -690,3 +690,30 @@ def test_a_malformed_exception_argument_is_invalid_payload(make_huey: MakeHuey) 
     [entry] = app.dead_letters
     assert entry.reason == "invalid_payload"
     assert "not an exception as versioned_tasks writes one" in entry.error
+
+
+def test_an_integer_beyond_64_bits_survives_an_upcast(make_huey: MakeHuey) -> None:
+    """Bodies handed to upcasters are parsed exactly: no big integer becomes a float."""
+    old = make_huey()
+
+    @old.versioned_task(version=1, name="values.ledger")
+    def ledger_v1(amount: int) -> None: ...
+
+    new = make_huey()
+    seen: list[Any] = []
+
+    @new.versioned_task(version=2, name="values.ledger")
+    def ledger(amount: int, unit: str) -> None:
+        seen.append(amount)
+
+    @new.upcaster("values.ledger", from_version=1)
+    def add_unit(payload: dict[str, Any]) -> dict[str, Any]:
+        assert type(payload["amount"]) is int
+        return {**payload, "unit": "wei"}
+
+    big = 2**64 + 12345
+    ledger_v1(big)
+    task = new.dequeue()
+    assert task is not None
+    new.execute(task)
+    assert seen == [big]

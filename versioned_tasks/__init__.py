@@ -13,8 +13,11 @@ dead-lettered, never lost.
         return {**payload, "currency": "EUR"}
 """
 
+from ._actions import SIGNAL_DEFERRED, DeferredMessage
+from ._census import Census, CensusRow, Removal, take_census
 from ._codec import RemoteException
 from ._deadletters import DeadLetter, DeadLetterStore
+from ._fleet import WorkerInfo, live_workers, readable_versions
 from ._huey import (
     VersionedFileHuey,
     VersionedHuey,
@@ -35,6 +38,7 @@ from .exceptions import (
     ConfigurationError,
     DeadLetterNotFound,
     DecodeError,
+    DowncastFailed,
     EncodeError,
     EnvelopeTooLarge,
     InvalidArguments,
@@ -50,11 +54,16 @@ from .exceptions import (
 __all__ = [
     "REASONS",
     "RESERVED_PARAMETERS",
+    "SIGNAL_DEFERRED",
+    "Census",
+    "CensusRow",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterStore",
     "DecodeError",
+    "DeferredMessage",
+    "DowncastFailed",
     "EncodeError",
     "EnvelopeTooLarge",
     "InvalidArguments",
@@ -62,6 +71,7 @@ __all__ = [
     "LockFileError",
     "MessageRejected",
     "RemoteException",
+    "Removal",
     "ReplayFailed",
     "RetiredMessage",
     "SchemaError",
@@ -78,5 +88,9 @@ __all__ = [
     "VersionedSqliteHuey",
     "VersionedTaskError",
     "VersionedTaskWrapper",
+    "WorkerInfo",
     "__version__",
+    "live_workers",
+    "readable_versions",
+    "take_census",
 ]

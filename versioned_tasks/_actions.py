@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import datetime
 import logging
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 from ._pipeline import Newer, Retired
 
-__all__ = ["Action", "DeadLetterAction", "DeferAction", "HandlerAction", "RequeueAction"]
+__all__ = [
+    "SIGNAL_DEFERRED",
+    "Action",
+    "DeadLetterAction",
+    "DeferAction",
+    "DeferredMessage",
+    "HandlerAction",
+    "RequeueAction",
+]
+
+#: The Huey signal sent once per deferral of a message newer than the worker
+#: knows; receivers get ``(signal, deferred)`` with a :class:`DeferredMessage`.
+SIGNAL_DEFERRED: Final = "deferred"
 
 logger = logging.getLogger("versioned_tasks")
 
@@ -40,25 +53,90 @@ class DeadLetterAction:
 
 
 @dataclass(frozen=True, slots=True)
+class DeferredMessage:
+    """One deferral of a message newer than this worker knows, as the
+    ``SIGNAL_DEFERRED`` receivers get it.
+
+    Attributes:
+        task: the message's task name on the wire.
+        version: the message's schema version on the wire.
+        known_version: the version this worker's code declares.
+        id: the Huey task id (None if the header has none).
+        eta: when the message is due again (naive, in the app's clock: UTC
+            when ``utc=True``, as Huey keeps it).
+        delay: seconds from now to ``eta``.
+        age: seconds since the message was enqueued (its envelope's ``at``).
+        detail: which part is too new (the message or one of its callbacks).
+    """
+
+    task: str
+    version: int | None
+    known_version: int
+    id: str | None
+    eta: datetime.datetime
+    delay: float
+    age: float
+    detail: str
+
+    @property
+    def name(self) -> str:
+        """The task name, as a Huey ``Task`` has one, for receivers of every signal."""
+        return self.task
+
+
+@dataclass(frozen=True, slots=True)
 class DeferAction:
-    """Put the exact bytes back on the schedule: a newer worker will take them."""
+    """Put the exact bytes back on the schedule: a newer worker will take them.
+
+    ``done`` is called once the bytes are on the schedule (after the commit,
+    where there is a transaction): it counts the deferral and sends the signal.
+    """
 
     eta: datetime.datetime
     newer: Newer
+    delay: float = 0.0
+    age: float = 0.0
+    notify: Callable[[DeferredMessage], None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def log(self) -> None:
         logger.info(
-            "Deferred task %r version %s (this worker knows version %s) until %s.",
+            "Deferred task %r version %s, id %s (this worker knows version %s) for %.1fs, "
+            "until %s; it is %.0fs old.",
             self.newer.task,
             self.newer.version,
+            self.newer.id,
             self.newer.known_version,
+            self.delay,
             self.eta,
+            self.age,
         )
+
+    def message(self) -> DeferredMessage:
+        """What the deferral's signal carries."""
+        newer = self.newer
+        return DeferredMessage(
+            task=newer.task,
+            version=newer.version,
+            known_version=newer.known_version,
+            id=newer.id,
+            eta=self.eta,
+            delay=self.delay,
+            age=self.age,
+            detail=newer.detail,
+        )
+
+    def done(self) -> None:
+        """Count the deferral and send ``SIGNAL_DEFERRED``."""
+        if self.notify is not None:
+            self.notify(self.message())
 
 
 @dataclass(frozen=True, slots=True)
 class RequeueAction:
-    """Put the exact bytes on the queue (a retired message the scheduler read)."""
+    """Put the exact bytes on the queue: a retired message the scheduler read (its
+    handler runs in the worker), or a deferred newer message that came due."""
 
     priority: Any
 

@@ -9,8 +9,10 @@
     versioned-tasks dlq purge   --app module.attr [--yes]
     versioned-tasks migrate-queue --app module.attr [--dry-run] [--legacy-pickle]
     versioned-tasks lock   --app module.attr [--lock PATH]
-    versioned-tasks check  --app module.attr [--lock PATH]
+    versioned-tasks check  --app module.attr [--lock PATH] [--frozen]
     versioned-tasks schema --app module.attr [--task NAME] [--out DIR] [--lock PATH]
+    versioned-tasks census --app module.attr [--json]
+    versioned-tasks fleet  --app module.attr [--json]
 
 ``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
 or ``package.module:attribute``; the current directory is importable.
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import functools
-import importlib
 import json
 import os
 import sqlite3
@@ -39,16 +40,19 @@ import orjson
 from rich.console import Console, Group
 from rich.json import JSON
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from . import _demo, _envelope, _legacy, _lock
+from . import _census, _demo, _envelope, _fleet, _legacy, _lock
+from ._apps import import_app
 from ._deadletters import DeadLetter
 from ._huey import VersionedHuey
 from ._pipeline import REASONS
 from ._serializer import VersionedSerializer
 from ._version import __version__
 from .exceptions import (
+    ConfigurationError,
     DeadLetterNotFound,
     DecodeError,
     MessageRejected,
@@ -109,44 +113,16 @@ def load_app(path: str) -> VersionedHuey:
     """Import ``package.module.attribute`` or ``package.module:attribute``.
 
     Raises:
-        CannotRun: the path is malformed, does not import, or names no VersionedHuey.
+        CannotRun: the path is malformed, does not import (an exception, or
+            ``sys.exit()`` at import), or names no VersionedHuey.
     """
-    module_name, colon, attribute = path.partition(":")
-    if not colon:
-        module_name, _, attribute = path.rpartition(".")
-    if not module_name or not attribute:
-        raise CannotRun(
-            f"--app {path!r} is not a 'package.module.attribute' or "
-            f"'package.module:attribute' path."
-        )
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
-        target: Any = importlib.import_module(module_name)
-    except Exception as exc:
-        raise CannotRun(
-            f"Could not import module {module_name!r} for --app {path!r}: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    for part in attribute.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise CannotRun(
-                f"Module {module_name!r} has no attribute {attribute!r} (--app {path!r})."
-            ) from None
-    if not isinstance(target, VersionedHuey):
-        what = (
-            f"the class {target.__name__}"
-            if isinstance(target, type)
-            else f"a {type(target).__name__}"
-        )
-        raise CannotRun(
-            f"--app {path!r} is {what}, not a VersionedHuey instance; point it at the "
-            f"app, e.g. 'myproject.tasks:huey'."
-        )
-    return target
+        return import_app(path, label=f"--app {path!r}")
+    except ConfigurationError as exc:
+        raise CannotRun(str(exc)) from None
 
 
 def _app_option(func: F) -> F:
@@ -643,7 +619,7 @@ def lock_command(app_path: str, lock_path: Path) -> None:
     lock = _lock.build_lock(app, previous)
     console = _console()
     counts = (
-        f"{len(lock['tasks'])} tasks, {len(lock['renames'])} renames, "
+        f"{_lock.live_task_count(lock)} tasks, {len(lock['renames'])} renames, "
         f"{len(lock['tombstones'])} tombstones"
     )
     if previous is not None and _lock.dump_lock(previous) == _lock.dump_lock(lock):
@@ -658,17 +634,24 @@ def lock_command(app_path: str, lock_path: Path) -> None:
 @main.command("check", short_help="Check the app against its schema lock file.")
 @_app_option
 @_lock_option
+@click.option(
+    "--frozen",
+    is_flag=True,
+    help="Also fail when `versioned-tasks lock` would change the lock file (for CI).",
+)
 @_handles_errors
-def check_command(app_path: str, lock_path: Path) -> None:
+def check_command(app_path: str, lock_path: Path, frozen: bool) -> None:
     """Fail (exit 1) when a task changed in a way queued messages would not survive.
 
     One line per problem, with its fix: a schema changed without a version
     bump, a version bump without an upcaster chain from every locked version,
     a locked task gone without a rename or tombstone, a version gone down.
+    With --frozen, a lock file that `versioned-tasks lock` would change (a new
+    task, a harmless change not recorded yet) is a problem too.
     """
     lock = _lock.read_lock(lock_path)
     app = load_app(app_path)
-    review = _lock.review_lock(app, lock)
+    review = _lock.review_lock(app, lock, frozen=frozen)
     console = _console()
     for note in review.notes:
         _line(console, f"note: {note}")
@@ -734,7 +717,7 @@ def _schema_document(schema: Any) -> Any:
 
 
 def _write_schema(out_dir: Path, task: str, version: int, document: Any) -> Path:
-    if task in (".", "..") or any(c in task for c in "/\\\0") or task.startswith("."):
+    if not _lock.is_directory_name(task):
         raise CannotRun(
             f"Task {task!r} cannot name a directory under --out; export the other tasks "
             f"one by one with --task, or print this one without --out."
@@ -746,3 +729,212 @@ def _write_schema(out_dir: Path, task: str, version: int, document: Any) -> Path
         encoding="utf-8",
     )
     return path
+
+
+# -- census --------------------------------------------------------------------------------
+
+
+_PLACES = {"queue": "queued", "schedule": "scheduled", "dead_letters": "dead-lettered"}
+
+
+@main.command("census", short_help="Count messages by task and version; what is safe to remove.")
+@_app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_handles_errors
+def census_command(app_path: str, as_json: bool) -> None:
+    """Count the queue, the schedule and the dead-letter store by task and version.
+
+    Reads message headers only, in chunks (a progress bar on a terminal), and
+    says which upcasters, renames and tombstones of the app a message still
+    needs. The exit code is 1 when the queue or the schedule holds messages
+    this app cannot run at all: unreadable bytes (junk, legacy pickle) or
+    tasks it does not know.
+    """
+    app = load_app(app_path)
+    census = _census_with_progress(app, show=not as_json)
+    if as_json:
+        click.echo(json.dumps({"queue": app.name, **census.to_json()}, indent=2))
+    else:
+        _print_census(_console(), app, census)
+    if _census_problems(census):
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _census_with_progress(app: VersionedHuey, *, show: bool) -> _census.Census:
+    errors = Console(stderr=True)
+    if not (show and errors.is_terminal):
+        return _census.take_census(app)
+    sizes = _census.census_sizes(app)
+    labels = {"queue": "queue", "schedule": "schedule", "dead_letters": "dead letters"}
+    with Progress(
+        TextColumn("{task.description:<13}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=errors,
+        transient=True,
+    ) as progress:
+        bars = {
+            where: progress.add_task(labels[where], total=sizes[where]) for where in _census.WHERES
+        }
+        return _census.take_census(app, progress=lambda where, n: progress.advance(bars[where], n))
+
+
+def _census_problems(census: _census.Census) -> int:
+    unknown = sum(row["count"] for row in census.unknown if row["where"] != "dead_letters")
+    return census.unreadable("queue") + census.unreadable("schedule") + unknown
+
+
+def _version_text(version: int | None) -> str:
+    return f"v{version}" if version is not None else "-"
+
+
+def _print_census(console: Console, app: VersionedHuey, census: _census.Census) -> None:
+    counts: dict[tuple[str | None, int | None], dict[str, int]] = {}
+    for row in census.rows:
+        counts.setdefault((row["task"], row["version"]), {})[row["where"]] = row["count"]
+    totals = ", ".join(f"{census.total(w):,} {_PLACES[w]}" for w in _census.WHERES)
+    if not counts:
+        _line(console, f"Queue {app.name!r}: no messages ({totals}).")
+    else:
+        table = Table(title=f"Census of queue {app.name!r}")
+        table.add_column("task", overflow="fold")
+        table.add_column("version", no_wrap=True)
+        for where in _census.WHERES:
+            table.add_column(_PLACES[where], justify="right", no_wrap=True)
+        for (task, version), places in sorted(counts.items(), key=_by_task_and_version):
+            cells = [f"{places.get(w, 0):,}" for w in _census.WHERES]
+            table.add_row(Text(task or "(unreadable)"), _version_text(version), *cells)
+        console.print(table)
+        _line(console, f"Total: {totals}.")
+    for line in _census_notes(census):
+        _line(console, line)
+
+
+def _by_task_and_version(item: tuple[tuple[str | None, int | None], Any]) -> tuple[Any, ...]:
+    (task, version), _ = item
+    return (task is None, task or "", version is None, version or 0)
+
+
+def _census_notes(census: _census.Census) -> list[str]:
+    lines = []
+    unreadable = census.unreadable("queue") + census.unreadable("schedule")
+    if unreadable:
+        legacy = census.legacy.get("queue", 0) + census.legacy.get("schedule", 0)
+        pickled = f", {legacy:,} of them legacy pickle (see migrate-queue)" if legacy else ""
+        lines.append(
+            f"Unreadable: {unreadable:,} queued or scheduled messages are no task envelope"
+            f"{pickled}; a worker dead-letters them as undecodable."
+        )
+    for row in census.unknown:
+        lines.append(
+            f"Unknown to this app: {row['task']} {_version_text(row['version'])}: "
+            f"{row['count']:,} {_PLACES[row['where']]}."
+        )
+    for row in census.newer:
+        lines.append(
+            f"Newer than this app: {row['task']} {_version_text(row['version'])}: "
+            f"{row['count']:,} {_PLACES[row['where']]} (deferred until a newer worker "
+            f"takes them)."
+        )
+    if census.removals:
+        lines.append("Safe to remove:")
+        lines.extend(f"  {removal.describe()}" for removal in census.removals)
+    else:
+        lines.append("Safe to remove: the app declares no upcasters, renames or tombstones.")
+    return lines
+
+
+# -- fleet ---------------------------------------------------------------------------------
+
+
+@main.command("fleet", short_help="Show the live consumers and the versions they run.")
+@_app_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")
+@_handles_errors
+def fleet_command(app_path: str, as_json: bool) -> None:
+    """List the consumers of the app's queue that sent a heartbeat recently, the
+    version of each task each one runs, and the highest version all of them read.
+
+    The exit code is 1 when no live consumer is found.
+    """
+    app = load_app(app_path)
+    workers = _fleet.live_workers(app)
+    tasks = _fleet_tasks(app, workers)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "queue": app.name,
+                    "workers": [worker.to_json() for worker in workers],
+                    "tasks": tasks,
+                    "readable_versions": _fleet.versions_all_read(workers),
+                },
+                indent=2,
+            )
+        )
+    else:
+        _print_fleet(_console(), app, workers, tasks)
+    if not workers:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _fleet_tasks(app: VersionedHuey, workers: list[_fleet.WorkerInfo]) -> dict[str, Any]:
+    readable = _fleet.versions_all_read(workers)
+    names = sorted({*app.schema.specs, *(name for w in workers for name in w.tasks)})
+    tasks = {}
+    for name in names:
+        spec = app.schema.specs.get(name)
+        tasks[name] = {
+            "app": spec.version if spec is not None else None,
+            "workers": {w.id: w.tasks[name] for w in workers if name in w.tasks},
+            "all_read": readable.get(name),
+        }
+    return tasks
+
+
+def _print_fleet(
+    console: Console,
+    app: VersionedHuey,
+    workers: list[_fleet.WorkerInfo],
+    tasks: dict[str, Any],
+) -> None:
+    publishing = "on" if app.fleet_enabled else "off"
+    if not workers:
+        _line(
+            console,
+            f"No live consumer of queue {app.name!r} (heartbeats are {publishing} in this app; "
+            f"consumers publish with fleet on, the default on Redis).",
+        )
+        return
+    table = Table(title=f"Live consumers of queue {app.name!r}")
+    for column in ("id", "build", "library", "started (UTC)", "last seen (UTC)"):
+        table.add_column(column, overflow="fold")
+    for w in workers:
+        table.add_row(
+            Text(w.id),
+            Text(w.build or "-"),
+            Text(w.library or "-"),
+            f"{w.started_at:%Y-%m-%d %H:%M:%S}",
+            f"{w.last_seen:%Y-%m-%d %H:%M:%S}",
+        )
+    console.print(table)
+    versions = Table(title="Task versions")
+    for column in ("task", "this app", "consumers", "all read"):
+        versions.add_column(column, overflow="fold")
+    for name, info in tasks.items():
+        by_version: dict[int, int] = {}
+        for version in info["workers"].values():
+            by_version[version] = by_version.get(version, 0) + 1
+        running = ", ".join(f"v{v} x{n}" for v, n in sorted(by_version.items(), reverse=True))
+        missing = len(workers) - len(info["workers"])
+        if missing:
+            running += f"{', ' if running else ''}unknown to {missing}"
+        versions.add_row(
+            Text(name),
+            _version_text(info["app"]),
+            Text(running),
+            _version_text(info["all_read"]),
+        )
+    console.print(versions)
+    _line(console, f"{len(workers)} live consumer(s) of queue {app.name!r}.")

@@ -13,8 +13,9 @@ import datetime
 import functools
 import inspect
 import logging
+import os
 import threading
-import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
@@ -32,10 +33,27 @@ from huey.storage import (
 )
 from pydantic import BaseModel, ValidationError
 
+from ._actions import (
+    SIGNAL_DEFERRED,
+    DeadLetterAction,
+    DeferAction,
+    DeferredMessage,
+    HandlerAction,
+    RequeueAction,
+)
 from ._actions import Action as _Action
-from ._actions import DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from ._census import CensusRow, take_census
 from ._codec import register_model
 from ._deadletters import DeadLetterStore, SqliteBackend, backend_for
+from ._fleet import (
+    DEFAULT_FLEET_INTERVAL,
+    FleetConsumer,
+    Heartbeat,
+    WorkerInfo,
+    board_for,
+    fleet_enabled,
+    live_workers,
+)
 from ._legacy import LegacyReader, LegacyValueSerializer, build_converter, warn_enabled
 from ._pipeline import (
     Newer,
@@ -49,7 +67,17 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
-from ._schema import SchemaRegistry, TaskSpec, Upcaster, build_spec
+from ._rolling import (
+    DEFAULT_NEWER_VERSION_DELAY,
+    DEFAULT_NEWER_VERSION_MAX_AGE,
+    AutoEmit,
+    HandOffs,
+    LockSchemas,
+    NewerVersionPolicy,
+    check_policy,
+    parse_emit_versions,
+)
+from ._schema import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
 from ._serializer import VersionedSerializer
 from ._sqlite import AtomicSqlite
 from .exceptions import (
@@ -91,9 +119,6 @@ _EXECUTING: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
 _RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "versioned_tasks_running", default=frozenset()
 )
-
-DEFAULT_NEWER_VERSION_DELAY = 30.0
-DEFAULT_NEWER_VERSION_MAX_AGE = 24 * 3600.0
 
 
 class VersionedTaskWrapper(TaskWrapper, Generic[P, R]):  # type: ignore[misc]
@@ -171,10 +196,29 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         name: the queue name, as for Huey.
         storage_class: Huey's storage class (Huey's own default when omitted).
         serializer: a :class:`VersionedSerializer` (the default); pickle is refused.
-        newer_version_delay: seconds before a message newer than this worker
-            knows is retried from the schedule.
-        newer_version_max_age: seconds after its enqueue time at which such a
-            message is dead-lettered as ``newer_version`` instead.
+        newer_version: what a worker does with a message newer than it knows:
+            ``"defer"`` (the default) hands the exact bytes back to the queue
+            for another worker, and when they come back puts them on the
+            schedule; ``"dead_letter"`` dead-letters the message as
+            ``newer_version`` at once. A task's own ``newer_version=``
+            overrides it.
+        newer_version_delay: seconds before a deferred message is due again,
+            the first time; later delays grow with the message's age:
+            ``min(max(age / 2, newer_version_delay), newer_version_max_delay)``,
+            plus a random fraction of a second.
+        newer_version_max_delay: the longest delay (default one hour, or
+            ``newer_version_delay`` if that is longer).
+        newer_version_max_age: seconds after its enqueue time at which a
+            newer message is dead-lettered as ``newer_version`` instead.
+        emit_versions: write some tasks at an older version, through their
+            downcasters, while old workers still run: a mapping of logical
+            task names to versions, or ``"auto"`` for the highest version
+            every live worker reads. When None (the default), the environment
+            variable ``VERSIONED_TASKS_EMIT_VERSIONS`` is read
+            (``"billing.send_invoice=2,other=1"`` or ``"auto"``).
+        schema_lock: a schema lock (its path, or the loaded lock) whose
+            version history checks downcast payloads against the older
+            version's JSON Schema (needs the ``jsonschema`` package).
         app_build: an optional build id written into every envelope's header.
         legacy_pickle: read (never write) the pickled messages and values a
             plain Huey left in this storage: off by default, since unpickling
@@ -182,6 +226,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             docs/adoption.md). ``True``, or a mapping of logical task names to
             their version-1 parameter names, for tasks now past version 1 whose
             legacy messages pass positional arguments.
+        fleet: whether this app's consumers publish a heartbeat naming the
+            tasks and versions they run (see ``huey.fleet()``): None (the
+            default) for Redis storages only, True or False for any storage.
+        fleet_interval: seconds between two heartbeats of a consumer; one not
+            seen for three intervals is no longer counted as live.
         **huey_kwargs: every other Huey option (``results``, ``utc``,
             ``immediate``, storage options such as ``filename`` or ``url``, ...).
 
@@ -195,21 +244,28 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         *,
         storage_class: type[Any] | None = None,
         serializer: VersionedSerializer | None = None,
+        newer_version: str = "defer",
         newer_version_delay: float = DEFAULT_NEWER_VERSION_DELAY,
+        newer_version_max_delay: float | None = None,
         newer_version_max_age: float = DEFAULT_NEWER_VERSION_MAX_AGE,
+        emit_versions: Mapping[str, int] | str | None = None,
+        schema_lock: str | os.PathLike[str] | Mapping[str, Any] | None = None,
         app_build: str | None = None,
         legacy_pickle: bool | Mapping[str, Sequence[str]] = False,
+        fleet: bool | None = None,
+        fleet_interval: float = DEFAULT_FLEET_INTERVAL,
         **huey_kwargs: Any,
     ) -> None:
         serializer = _check_serializer(serializer, huey_kwargs)
-        if newer_version_delay <= 0 or newer_version_max_age < 0:
-            raise ConfigurationError(
-                "newer_version_delay must be positive and newer_version_max_age "
-                "must not be negative."
-            )
+        self._newer = NewerVersionPolicy.from_options(
+            newer_version, newer_version_delay, newer_version_max_delay, newer_version_max_age
+        )
+        emit = parse_emit_versions(emit_versions)
+        old_schemas = LockSchemas(schema_lock) if schema_lock is not None else None
         self.schema = SchemaRegistry()
-        self.newer_version_delay = float(newer_version_delay)
-        self.newer_version_max_age = float(newer_version_max_age)
+        self._deferrals: Counter[str] = Counter()
+        self._deferrals_lock = threading.Lock()
+        self._hand_offs = HandOffs()
         self._dead_letters: DeadLetterStore | None = None
         self._dead_letters_storage: Any = None
         self._dead_letters_lock = threading.Lock()
@@ -217,18 +273,82 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
         self._writer = Writer(self.schema, serializer.frame, app_build)
+        self._configure_emit(emit, old_schemas)
         # Adopting a pickle queue: legacy bytes are converted where they are read.
         self._legacy = build_converter(self, legacy_pickle)
         if self._legacy is not None:
             self._reader = LegacyReader(self._reader, self._legacy)
             self.serializer = LegacyValueSerializer(serializer)
             warn_enabled(self.name)
+        # Heartbeats are published by consumers (create_consumer); checked here.
+        if not fleet_interval > 0:
+            raise ConfigurationError(f"fleet_interval must be positive, got {fleet_interval!r}.")
+        self.fleet_interval = float(fleet_interval)
+        self.fleet_enabled = fleet_enabled(fleet, self.storage)
 
     def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} {self.name!r} storage={type(self.storage).__name__} "
             f"versioned_tasks={len(self.schema.specs)}>"
         )
+
+    # -- rolling deploys -----------------------------------------------------
+
+    @property
+    def newer_version(self) -> str:
+        """The app's newer-version policy: ``"defer"`` or ``"dead_letter"``."""
+        return self._newer.policy
+
+    @property
+    def newer_version_delay(self) -> float:
+        """Seconds before a deferred message is read again, the first time."""
+        return self._newer.delay
+
+    @property
+    def newer_version_max_delay(self) -> float:
+        """The longest delay between two reads of a deferred message."""
+        return self._newer.max_delay
+
+    @property
+    def newer_version_max_age(self) -> float:
+        """Age (from the envelope's ``at``) at which a newer message is dead-lettered."""
+        return self._newer.max_age
+
+    @property
+    def emit_versions(self) -> Mapping[str, int] | str:
+        """The versions this app writes below today's: a mapping, or ``"auto"``."""
+        if isinstance(self._writer.emit, AutoEmit):
+            return "auto"
+        return dict(self.schema.emit_versions)
+
+    def deferral_counts(self) -> dict[str, int]:
+        """How many times this process deferred a newer message, by task name on the wire."""
+        with self._deferrals_lock:
+            return dict(self._deferrals)
+
+    def _configure_emit(
+        self, emit: Mapping[str, int] | str, old_schemas: LockSchemas | None
+    ) -> None:
+        self._writer.check_old = old_schemas
+        if emit == "auto":
+            from ._fleet import readable_versions
+
+            self._writer.emit = AutoEmit(self, self.schema, readable_versions)
+        elif emit:
+            pins = dict(cast(Mapping[str, int], emit))
+            self.schema.emit_versions = pins
+
+            def pinned(spec: TaskSpec) -> int:
+                return pins.get(spec.name, spec.version)
+
+            # Only an app with pins pays for a lookup per message written.
+            self._writer.emit = pinned
+
+    def _deferred(self, message: DeferredMessage) -> None:
+        """A deferral is on the schedule: count it and send ``SIGNAL_DEFERRED``."""
+        with self._deferrals_lock:
+            self._deferrals[message.task] += 1
+        self._emit(SIGNAL_DEFERRED, message)
 
     # -- declarations --------------------------------------------------------
 
@@ -241,6 +361,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         args_model: None = None,
         result_model: type[BaseModel] | None = None,
         allow_compatible_changes: bool = False,
+        newer_version: str | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[P, R]], VersionedTaskWrapper[P, R]]: ...
     @overload
@@ -252,6 +373,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         args_model: type[BaseModel],
         result_model: type[BaseModel] | None = None,
         allow_compatible_changes: bool = False,
+        newer_version: str | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., R]], VersionedTaskWrapper[..., R]]: ...
     def versioned_task(
@@ -262,6 +384,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         args_model: type[BaseModel] | None = None,
         result_model: type[BaseModel] | None = None,
         allow_compatible_changes: bool = False,
+        newer_version: str | None = None,
         **huey_task_options: Any,
     ) -> Callable[[Callable[..., Any]], VersionedTaskWrapper[..., Any]]:
         """Declare a task with a typed argument model and a schema version.
@@ -278,6 +401,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             allow_compatible_changes: let ``versioned-tasks check`` accept a
                 backward-compatible change of the argument schema (an optional
                 field added, a type widened) without a version bump.
+            newer_version: this task's own newer-version policy (``"defer"`` or
+                ``"dead_letter"``); None follows the app's ``newer_version``.
             **huey_task_options: Huey's task options (``retries``,
                 ``retry_delay``, ``priority``, ``expires``, ``context``, ...).
 
@@ -285,7 +410,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             SchemaError: a reserved or unnamed parameter, a bad default, a
                 duplicate name or version, a ``result_model`` that is not a
                 pydantic model.
+            ConfigurationError: an unknown ``newer_version`` policy.
         """
+        if newer_version is not None:
+            check_policy(newer_version, "newer_version")
 
         def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper[..., Any]:
             func = func.func if isinstance(func, TaskWrapper) else func
@@ -301,6 +429,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             )
             spec.result_model = result_model
             spec.allow_compatible_changes = allow_compatible_changes
+            spec.newer_version = newer_version
             self.schema.add_task(spec)
             try:
                 return self._versioned_wrapper(func, spec, name, dict(huey_task_options))
@@ -425,6 +554,25 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
         return decorator
 
+    def downcaster(self, task: str, /, *, from_version: int) -> Callable[[Downcaster], Downcaster]:
+        """Register a pure ``dict -> dict`` step from ``from_version`` down to the one before.
+
+        Producers pinned to an older version (``emit_versions``) write through
+        these steps. A task's downcasters must form a contiguous range starting
+        at its current version; the chain, and that every pinned version is
+        reachable both ways, is checked with the rest of the schema.
+
+        Raises:
+            SchemaError: a second step from the same version, or ``from_version``
+                below 2.
+        """
+
+        def decorator(func: Downcaster) -> Downcaster:
+            self.schema.add_downcaster(task, from_version, func)
+            return func
+
+        return decorator
+
     def rename(self, old: str, new: str, /) -> None:
         """Run messages written under the logical name ``old`` as the task ``new``."""
         self.schema.add_rename(old, new)
@@ -464,10 +612,22 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             self.check_schemas()
 
     def create_consumer(self, **options: Any) -> Any:
-        """Huey's consumer, after checking the schemas and the dead-letter store."""
+        """Huey's consumer, after checking the schemas and the dead-letter store.
+
+        With ``fleet`` on, the consumer publishes a heartbeat from ``start()``
+        until ``stop()``.
+        """
         self.check_schemas()
         self.dead_letters  # noqa: B018 - fails early for a storage without a store
-        return super().create_consumer(**options)
+        board = board_for(self.storage) if self.fleet_enabled else None
+        if board is None:
+            return super().create_consumer(**options)
+        heartbeat = Heartbeat(self, board, self.fleet_interval)
+        return FleetConsumer(self, heartbeat=heartbeat, **options)
+
+    def fleet(self) -> list[WorkerInfo]:
+        """The consumers of this queue that published a heartbeat recently."""
+        return live_workers(self)
 
     # -- dead letters ----------------------------------------------------------
 
@@ -485,6 +645,16 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                     else None
                 )
             return self._dead_letters
+
+    def census(self, *, progress: Callable[[str, int], None] | None = None) -> list[CensusRow]:
+        """Count the queue, the schedule and the dead-letter store by task and version.
+
+        Rows ``{"task", "version", "where", "count"}``, reading message headers
+        only, in chunks; ``progress(where, n)`` is called after each chunk. For
+        what still needs each upcaster, rename and tombstone, see
+        :func:`versioned_tasks.take_census`.
+        """
+        return take_census(self, progress=progress).rows
 
     def _replay(self, raw: bytes) -> Any:
         outcome = self._reader.read(raw)
@@ -736,23 +906,22 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if isinstance(outcome, Task):
             return outcome
         if isinstance(outcome, Newer):
-            return self._decide_newer(outcome)
+            return self._decide_newer(outcome, from_schedule)
         if isinstance(outcome, Retired):
             return self._decide_retired(outcome, from_schedule)
         return DeadLetterAction(outcome.reason, outcome.task, outcome.version, outcome.error)
 
-    def _decide_newer(self, newer: Newer) -> _Action:
-        age = time.time() - newer.enqueued_at if newer.enqueued_at is not None else None
-        if age is None or age > self.newer_version_max_age:
-            return DeadLetterAction(
-                "newer_version",
-                newer.task,
-                newer.version,
-                f"{newer.detail} and was deferred until it was "
-                f"{self.newer_version_max_age:.0f}s old; deploy the newer code and replay.",
-            )
-        eta = self._get_timestamp() + datetime.timedelta(seconds=self.newer_version_delay)
-        return DeferAction(eta, newer)
+    def _decide_newer(self, newer: Newer, from_schedule: bool) -> _Action:
+        # The policy of the message's own task (after renames), else the app's.
+        spec = self.schema.specs.get(self.schema.resolve(newer.task))
+        return self._newer.decide(
+            newer,
+            spec,
+            self._get_timestamp(),
+            self._deferred,
+            from_schedule=from_schedule,
+            hand_offs=self._hand_offs,
+        )
 
     def _decide_retired(self, retired: Retired, from_schedule: bool) -> _Action:
         message = retired.message
@@ -775,6 +944,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         elif isinstance(action, DeferAction):
             self.storage.add_to_schedule(raw, action.eta)
             action.log()
+            action.done()
         elif isinstance(action, RequeueAction):
             self._requeue(raw, action.priority)
         elif isinstance(action, HandlerAction):

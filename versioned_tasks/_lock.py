@@ -25,7 +25,10 @@ The file is JSON with sorted keys, two-space indents and a trailing newline::
     }
 
 ``versions`` keeps every version ever locked: a new lock refreshes the entry of
-the current version and keeps the older ones as they were.
+the current version and keeps the older ones as they were. The entry of a task
+that was renamed away or tombstoned stays as it was last locked, since its
+messages may still arrive: ``check`` compares it with the task its name leads
+to now, and ``schema``/``payloads()`` still find its versions.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ __all__ = [
     "describe_changes",
     "export_schemas",
     "fingerprint",
+    "is_directory_name",
     "read_lock",
     "review_lock",
     "version_schema",
@@ -78,6 +82,7 @@ ProblemKind = Literal[
     "task_removed",
     "version_lowered",
     "invalid_declarations",
+    "lock_out_of_date",
 ]
 
 _TOP_KEYS: Final = frozenset({"lock_format", "tasks", "renames", "tombstones"})
@@ -85,6 +90,8 @@ _TASK_KEYS: Final = frozenset(
     {"version", "upcasters_from", "allow_compatible_changes", "versions"}
 )
 _VERSION_KEYS: Final = frozenset({"fingerprint", "schema"})
+#: The highest version a lock may name (what an envelope header carries).
+_MAX_VERSION: Final = 2**63 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +103,9 @@ class Problem:
         kind: ``schema_changed`` (changed without a version bump),
             ``missing_upcaster`` (no upcaster chain from a locked version),
             ``task_removed`` (a locked name gone without a rename or tombstone),
-            ``version_lowered``, or ``invalid_declarations`` (what
-            ``huey.check_schemas()`` refuses).
+            ``version_lowered``, ``invalid_declarations`` (what
+            ``huey.check_schemas()`` refuses), or ``lock_out_of_date`` (only
+            with ``frozen=True``: ``versioned-tasks lock`` would change the file).
         message: one line naming the task, the versions and the fix.
     """
 
@@ -111,10 +119,14 @@ class Problem:
 
 @dataclass(frozen=True, slots=True)
 class Review:
-    """What ``check`` found: the problems, and notes on what changed harmlessly."""
+    """What ``check`` found: the problems, and notes on what changed harmlessly.
+
+    ``lock`` is the lock ``versioned-tasks lock`` would write for the app.
+    """
 
     problems: list[Problem] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lock: Lock = field(default_factory=dict)
 
 
 # -- building ---------------------------------------------------------------------------
@@ -153,7 +165,9 @@ def build_lock(huey: VersionedHuey, previous: Mapping[str, Any] | None = None) -
     Each task's entry of its current version is refreshed; entries of older
     versions are kept from ``previous`` (a task renamed since inherits the
     history of its old name); entries of versions above the current one are
-    dropped.
+    dropped. The entries of names that are renamed away or tombstoned now
+    are kept from ``previous`` as they were; those of names that are gone
+    with no rename or tombstone are dropped.
 
     Raises:
         SchemaError: the app's declarations do not check (``huey.check_schemas()``),
@@ -165,8 +179,8 @@ def build_lock(huey: VersionedHuey, previous: Mapping[str, Any] | None = None) -
 
 def _build(registry: SchemaRegistry, previous: Mapping[str, Any] | None) -> Lock:
     old_tasks: Mapping[str, Any] = previous["tasks"] if previous else {}
-    tasks = {}
-    for name, spec in sorted(registry.specs.items()):
+    tasks: dict[str, Any] = {}
+    for name, spec in registry.specs.items():
         schema = task_schema(spec)
         history = _history(name, registry, old_tasks)
         versions = {v: entry for v, entry in history.items() if int(v) < spec.version}
@@ -177,22 +191,38 @@ def _build(registry: SchemaRegistry, previous: Mapping[str, Any] | None) -> Lock
             "allow_compatible_changes": spec.allow_compatible_changes,
             "versions": dict(sorted(versions.items(), key=lambda item: int(item[0]))),
         }
+    # Messages written under a name that is renamed away or tombstoned may still
+    # arrive: its entry stays as it was last locked, for check and for export.
+    for name, entry in old_tasks.items():
+        if name not in tasks and _redirected(name, registry):
+            tasks[name] = copy.deepcopy(dict(entry))
     return {
         "lock_format": LOCK_FORMAT,
-        "tasks": tasks,
+        "tasks": dict(sorted(tasks.items())),
         "renames": dict(sorted(registry.renames.items())),
         "tombstones": sorted(registry.tombstones),
     }
 
 
+def _redirected(name: str, registry: SchemaRegistry) -> bool:
+    return name in registry.renames or name in registry.tombstones
+
+
 def _history(name: str, registry: SchemaRegistry, old_tasks: Mapping[str, Any]) -> dict[str, Any]:
     if name in old_tasks:
         return dict(old_tasks[name]["versions"])
-    # A task that only took over another name keeps that name's history.
-    sources = [old for old in old_tasks if old != name and registry.resolve(old) == name]
-    if len(sources) == 1:
-        return dict(old_tasks[sources[0]]["versions"])
-    return {}
+    # A task that only took over other names keeps their history: each version
+    # they agree on (a chain a -> b -> c records the same schemas twice).
+    merged: dict[str, Any] = {}
+    conflicts: set[str] = set()
+    for old in sorted(old_tasks):
+        if old == name or registry.resolve(old) != name:
+            continue
+        for version, entry in old_tasks[old]["versions"].items():
+            known = merged.setdefault(version, entry)
+            if known["fingerprint"] != entry["fingerprint"]:
+                conflicts.add(version)
+    return {version: entry for version, entry in merged.items() if version not in conflicts}
 
 
 def version_schema(lock: Mapping[str, Any], task: str, version: int) -> dict[str, Any] | None:
@@ -214,24 +244,38 @@ def export_schemas(
 ) -> dict[str, dict[int, Any]]:
     """Every task's JSON Schema per version: today's from the model, older ones from the lock.
 
+    Names renamed away or tombstoned are exported from the lock's history too,
+    since their messages may still arrive.
+
     Raises:
-        SchemaError: ``task`` is not declared, or has no JSON Schema.
+        SchemaError: ``task`` is neither declared nor in the lock's history, or
+            has no JSON Schema.
     """
     registry = huey.schema
-    if task is not None and task not in registry.specs:
+    built = _build(registry, lock)
+    if task is not None and task not in built["tasks"]:
         declared = sorted(registry.specs)
         shown = ", ".join(declared[:10]) + (" ..." if len(declared) > 10 else "")
         raise SchemaError(
-            f"Task {task!r} is not declared in app {huey.name!r}; pass one of its "
-            f"versioned tasks' logical names ({shown or 'none declared'}).",
+            f"Task {task!r} is not declared in app {huey.name!r}, and the lock has no "
+            f"history of it; pass one of its versioned tasks' logical names "
+            f"({shown or 'none declared'}).",
             task=task,
         )
-    built = _build(registry, lock)
     return {
         name: {int(v): entry["schema"] for v, entry in built["tasks"][name]["versions"].items()}
         for name in sorted(built["tasks"])
         if task is None or name == task
     }
+
+
+def is_directory_name(task: str) -> bool:
+    """Whether a task name can be a directory name on every platform.
+
+    ``schema --out`` and the payload corpus give each task a directory. Not
+    ``.``, ``..`` or hidden (a leading dot), and no ``/``, ``\\``, ``:`` or NUL.
+    """
+    return bool(task) and not task.startswith(".") and not any(c in task for c in "/\\\0:")
 
 
 # -- the file ---------------------------------------------------------------------------
@@ -337,7 +381,7 @@ class _LockShape:
         if "lock_format" not in lock:
             raise self.fail("the top level", 'has no "lock_format"')
         found = lock["lock_format"]
-        if isinstance(found, bool) or found != LOCK_FORMAT:
+        if type(found) is not int or found != LOCK_FORMAT:
             raise LockFileError(
                 f"The lock file {self.source!r} has lock_format {found!r}, which "
                 f"versioned_tasks {__version__} cannot read (it reads lock_format "
@@ -362,7 +406,7 @@ class _LockShape:
         where = f"task {name!r}"
         self._keys(self._mapping(entry, where), _TASK_KEYS, where)
         if not _is_version(entry["version"]):
-            raise self.fail(f"{where} version", "is not an integer of at least 1")
+            raise self.fail(f"{where} version", f"is not an integer from 1 to {_MAX_VERSION}")
         steps = entry["upcasters_from"]
         if not isinstance(steps, list) or not all(_is_version(v) for v in steps):
             raise self.fail(f"{where} upcasters_from", "is not a list of versions")
@@ -375,8 +419,9 @@ class _LockShape:
             raise self.fail(where, f"has no schema for its version {entry['version']}")
 
     def _version(self, where: str, key: str, recorded: Any) -> None:
-        if not (key.isascii() and key.isdigit() and str(int(key)) == key and int(key) >= 1):
-            raise self.fail(f"{where} versions", f"has the key {key!r}, which is not a version")
+        if not _is_version_key(key):
+            shown = key if len(key) <= 40 else f"{key[:20]}...{key[-10:]}"
+            raise self.fail(f"{where} versions", f"has the key {shown!r}, which is not a version")
         where = f"{where} version {key}"
         self._keys(self._mapping(recorded, where), _VERSION_KEYS, where)
         if not isinstance(recorded["schema"], dict | bool):
@@ -388,51 +433,72 @@ class _LockShape:
 
 
 def _is_version(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_VERSION
+
+
+def _is_version_key(key: str) -> bool:
+    # Checked as text before int(): Python refuses to convert thousands of digits.
+    if not (0 < len(key) <= len(str(_MAX_VERSION)) and key.isascii() and key.isdigit()):
+        return False
+    return not key.startswith("0") and int(key) <= _MAX_VERSION
 
 
 # -- checking -----------------------------------------------------------------------------
 
 
-def check_lock(huey: VersionedHuey, lock: Mapping[str, Any]) -> list[Problem]:
+def check_lock(
+    huey: VersionedHuey, lock: Mapping[str, Any], *, frozen: bool = False
+) -> list[Problem]:
     """Compare an app with its lock: every problem, each with its fix.
 
     Problems: a task's schema changed without a version bump (a compatible
     change passes when the task has ``allow_compatible_changes=True``); a
     version went up without an upcaster chain from every locked version; a
     locked task, rename or tombstone disappeared without a rename or
-    tombstone; a version went down; and whatever ``huey.check_schemas()``
-    refuses. New tasks, new upcasters and cosmetic changes are not problems.
+    tombstone; a version went down; a name renamed onto a task whose
+    schemas its messages do not fit; and whatever ``huey.check_schemas()``
+    refuses. New tasks, new upcasters and cosmetic changes are not problems,
+    unless ``frozen`` is true: then a lock that ``versioned-tasks lock`` would
+    change is one (``lock_out_of_date``).
 
     Raises:
         SchemaError: a task's arguments have no JSON Schema.
     """
-    return review_lock(huey, lock).problems
+    return review_lock(huey, lock, frozen=frozen).problems
 
 
-def review_lock(huey: VersionedHuey, lock: Mapping[str, Any]) -> Review:
+def review_lock(huey: VersionedHuey, lock: Mapping[str, Any], *, frozen: bool = False) -> Review:
     """:func:`check_lock`, plus notes on the changes that are not problems."""
-    review = Review(problems=_declaration_problems(huey))
     registry = huey.schema
     fresh = _build(registry, lock)
+    review = Review(problems=_declaration_problems(huey), lock=fresh)
+    checker = _Checker(huey, lock, fresh, review)
     for name, entry in sorted(lock["tasks"].items()):
-        target = registry.resolve(name)
-        if target in registry.tombstones:
-            continue
-        if target not in registry.specs:
-            review.problems.append(_removed_task(name, entry))
-            continue
-        _Task(name, entry, registry.specs[target], fresh["tasks"][target], registry).review(review)
-    review.problems.extend(_removed_redirects(lock, registry))
+        checker.locked_name(name, entry)
+    checker.redirects()
     covered = {registry.resolve(name) for name in lock["tasks"]}
     for name in sorted(set(registry.specs) - covered):
         review.notes.append(f"Task {name!r} version {registry.specs[name].version} is new.")
     if not review.problems and dump_lock(fresh) != dump_lock(lock):
-        review.notes.append(
-            "The lock is out of date, harmlessly; run `versioned-tasks lock` to record "
-            "these changes."
-        )
+        if frozen:
+            review.problems.append(_out_of_date(lock, fresh))
+        else:
+            review.notes.append(
+                "The lock is out of date, harmlessly; run `versioned-tasks lock` to record "
+                "these changes."
+            )
     return review
+
+
+def _out_of_date(lock: Mapping[str, Any], fresh: Mapping[str, Any]) -> Problem:
+    changes = describe_changes(lock, fresh)
+    shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+    return Problem(
+        "",
+        "lock_out_of_date",
+        f"The lock file is out of date: `versioned-tasks lock` would change it ({shown}); "
+        f"run it and commit the file.",
+    )
 
 
 def _declaration_problems(huey: VersionedHuey) -> list[Problem]:
@@ -445,8 +511,119 @@ def _declaration_problems(huey: VersionedHuey) -> list[Problem]:
     return []
 
 
+def _lock_target(lock: Mapping[str, Any], name: str) -> str:
+    """Where the lock's renames lead ``name`` (a cycle stops where it started)."""
+    renames: Mapping[str, str] = lock["renames"]
+    seen = {name}
+    while name in renames and renames[name] not in seen:
+        name = renames[name]
+        seen.add(name)
+    return name
+
+
+class _Checker:
+    """The names of a lock against the app's declarations today."""
+
+    def __init__(
+        self, huey: VersionedHuey, lock: Mapping[str, Any], fresh: Lock, review: Review
+    ) -> None:
+        self.huey, self.registry, self.lock, self.fresh = huey, huey.schema, lock, fresh
+        self.review = review
+
+    def plain(self, name: str) -> bool:
+        """Whether ``name`` is a plain Huey task of the app (it takes any arguments)."""
+        return name not in self.registry.specs and self.huey._plain_task(name) is not None
+
+    def recorded(self, name: str) -> bool:
+        """Whether the lock already records the app's rename of ``name``."""
+        renamed = self.registry.renames.get(name)
+        return renamed is not None and self.lock["renames"].get(name) == renamed
+
+    def locked_name(self, name: str, entry: Mapping[str, Any]) -> None:
+        registry = self.registry
+        target = registry.resolve(name)
+        if target in registry.tombstones:
+            return
+        if target not in registry.specs:
+            if self.plain(target):
+                if not self.recorded(name):
+                    self.review.notes.append(_plain_note(name, entry["version"], target))
+            elif target == name and not _redirected_in(name, self.lock):
+                self.review.problems.append(_removed_task(name, entry))
+            # Else a rename to a name that is not declared (check_schemas() says
+            # so), or a locked rename or tombstone that is gone (redirects() does).
+            return
+        was = None
+        if name in self.lock["renames"] and _lock_target(self.lock, name) != target:
+            was = _lock_target(self.lock, name)
+        own = self.lock["tasks"].get(target) if target != name else None
+        task = _Task(name, entry, registry.specs[target], self.fresh["tasks"][target], registry)
+        task.target_locked, task.was, task.quiet = own, was, self.recorded(name)
+        task.review(self.review)
+
+    def redirects(self) -> None:
+        """Locked renames and tombstones: still there, and leading where they did."""
+        registry = self.registry
+
+        def handled(name: str) -> bool:
+            return name in registry.specs or _redirected(name, registry) or self.plain(name)
+
+        for old, new in sorted(self.lock["renames"].items()):
+            if not handled(old):
+                self.review.problems.append(_gone_rename(old, new))
+            elif old not in self.lock["tasks"]:
+                # No history of its own (it was renamed before it was ever
+                # locked): compare with the history of where it led.
+                self._retargeted(old, _lock_target(self.lock, old), registry.resolve(old))
+        for name in sorted(self.lock["tombstones"]):
+            if not handled(name):
+                self.review.problems.append(_gone_tombstone(name))
+
+    def _retargeted(self, old: str, before: str, now: str) -> None:
+        if before == now or now in self.registry.tombstones:
+            return
+        if now not in self.registry.specs:
+            if self.plain(now):
+                self.review.notes.append(_plain_note(old, None, now))
+            return  # an undeclared target: check_schemas() reports it
+        entry = self.lock["tasks"].get(before)
+        if entry is None:
+            self.review.problems.append(
+                Problem(
+                    old,
+                    "schema_changed",
+                    f"The rename {old!r} -> {before!r} in the lock now leads to {now!r}: "
+                    f"messages written under {old!r} would run as {now!r}, and the lock has "
+                    f"no schema of them to compare with {now!r}'s; restore "
+                    f"huey.rename({old!r}, {before!r}), or, once no message written under "
+                    f"{old!r} can remain, run `versioned-tasks lock` to accept it.",
+                )
+            )
+            return
+        task = _Task(old, entry, self.registry.specs[now], self.fresh["tasks"][now], self.registry)
+        task.target_locked, task.was = self.lock["tasks"].get(now), before
+        task.review(self.review)
+
+
+def _redirected_in(name: str, lock: Mapping[str, Any]) -> bool:
+    return name in lock["renames"] or name in lock["tombstones"]
+
+
+def _plain_note(name: str, version: int | None, target: str) -> str:
+    locked = f" (version {version} in the lock)" if version is not None else ""
+    return (
+        f"Task {name!r}{locked} is renamed to the plain Huey task {target!r}, which takes "
+        f"its messages' arguments as they are (they are not validated)."
+    )
+
+
 class _Task:
-    """One locked task against its declaration today (under its current name)."""
+    """One locked name against the task it leads to today.
+
+    For a name renamed to another task, its locked versions are compared with
+    that task's schemas at the same versions: its messages go through that
+    task's upcasters, which were written for that task's payloads.
+    """
 
     def __init__(
         self,
@@ -459,7 +636,23 @@ class _Task:
         self.name, self.entry, self.spec, self.fresh = name, entry, spec, fresh
         self.steps = registry.upcasters.get(spec.name, {})
         self.locked: int = entry["version"]
-        self.label = repr(name) if name == spec.name else f"{name!r} (renamed to {spec.name!r})"
+        #: The lock's own entry of the task ``name`` leads to, when that is another task.
+        self.target_locked: Mapping[str, Any] | None = None
+        #: Where the lock's renames led ``name``, when the app leads it elsewhere.
+        self.was: str | None = None
+        #: The lock records this rename already: no notes, they were given before.
+        self.quiet = False
+
+    @property
+    def label(self) -> str:
+        if self.name == self.spec.name:
+            return repr(self.name)
+        if self.was is not None:
+            return (
+                f"{self.name!r} (renamed to {self.spec.name!r}; the lock renames it to "
+                f"{self.was!r})"
+            )
+        return f"{self.name!r} (renamed to {self.spec.name!r})"
 
     def problem(self, kind: ProblemKind, message: str) -> Problem:
         return Problem(self.name, kind, message)
@@ -469,12 +662,15 @@ class _Task:
         if current < self.locked:
             review.problems.append(self._lowered())
             return
+        found = len(review.problems)
         missing = self._missing_steps()
         if missing:
             review.problems.append(self._no_chain(missing))
-        if current == self.locked:
+        if self.name != self.spec.name:
+            self._compare_sources(review)
+        elif current == self.locked:
             self._compare_schema(review)
-        elif not missing:
+        if current > self.locked and len(review.problems) == found and not self.quiet:
             review.notes.append(
                 f"Task {self.label} went from version {self.locked} to {current}, with "
                 f"upcasters from every locked version."
@@ -527,6 +723,67 @@ class _Task:
             f"{self.locked} (or go above it with upcasters), then run `versioned-tasks lock`.",
         )
 
+    def _compare_sources(self, review: Review) -> None:
+        """A renamed name: each version its messages may have, against the target's."""
+        current = self.spec.version
+        for version in sorted(self._readable_versions()):
+            mine = self.entry["versions"].get(str(version))
+            if mine is None:  # never locked at that version: nothing to compare
+                continue
+            own = self.target_locked["versions"].get(str(version)) if self.target_locked else None
+            if own is not None and own["fingerprint"] == mine["fingerprint"]:
+                continue  # the same as the target's locked schema, checked on its own
+            if own is None and version == current and self.was is None:
+                self._compare_schema(review)  # a plain rename: the schema of today
+                continue
+            theirs = self.fresh["versions"].get(str(version))
+            if theirs is None:
+                review.problems.append(self._unknown_target(version))
+                continue
+            if theirs["fingerprint"] == mine["fingerprint"]:
+                continue
+            change = classify(mine["schema"], theirs["schema"])
+            if change.level == "breaking":
+                review.problems.append(self._mismatch(version, change.summary()))
+            elif change.level == "compatible" and not self.quiet:
+                review.notes.append(
+                    f"Task {self.label} version {version}: its messages fit "
+                    f"{self.spec.name!r} version {version} ({change.summary()})."
+                )
+
+    def _merge_fix(self) -> str:
+        name, target = self.name, self.spec.name
+        restore = f"restore huey.rename({name!r}, {self.was!r}), or " if self.was else ""
+        return (
+            f"{restore}rename {name!r} to a task its messages fit, or replace the rename by "
+            f"huey.tombstone({name!r}) with a handler that enqueues {target!r} with "
+            f"converted arguments; once no message written as {name!r} can remain, drop the "
+            f"rename and run `versioned-tasks lock`."
+        )
+
+    def _through(self, version: int) -> str:
+        if version == self.spec.version:
+            return f"would be validated by {self.spec.name!r} version {version}"
+        return f"would go through the upcaster of {self.spec.name!r} from version {version}"
+
+    def _mismatch(self, version: int, summary: str) -> Problem:
+        return self.problem(
+            "schema_changed",
+            f"Task {self.label} version {version}: messages written as {self.name!r} at "
+            f"version {version} {self._through(version)}, but the version-{version} schemas "
+            f"of {self.name!r} and {self.spec.name!r} differ in a breaking way ({summary}), "
+            f"so they would be dead-lettered; {self._merge_fix()}",
+        )
+
+    def _unknown_target(self, version: int) -> Problem:
+        return self.problem(
+            "schema_changed",
+            f"Task {self.label} version {version}: messages written as {self.name!r} at "
+            f"version {version} {self._through(version)}, but the lock has no schema of "
+            f"{self.spec.name!r} at version {version} to show that they fit; "
+            f"{self._merge_fix()}",
+        )
+
     def _compare_schema(self, review: Review) -> None:
         version = str(self.locked)
         old, new = self.entry["versions"][version], self.fresh["versions"][version]
@@ -535,11 +792,12 @@ class _Task:
         change = classify(old["schema"], new["schema"])
         where = f"Task {self.label} version {version}"
         if change.level in ("identical", "cosmetic"):
-            review.notes.append(f"{where}: {change.summary()}.")
+            if not self.quiet:
+                review.notes.append(f"{where}: {change.summary()}.")
         elif change.level == "compatible" and self.spec.allow_compatible_changes:
             review.notes.append(
                 f"{where}: backward-compatible change allowed by "
-                f"allow_compatible_changes=True ({change.summary()})."
+                f"allow_compatible_changes=True ({change.summary()}){_old_workers(old, new)}."
             )
         else:
             review.problems.append(self._changed(change.level, change.summary()))
@@ -553,7 +811,8 @@ class _Task:
         if level == "compatible":
             fix = (
                 f"opt in with @huey.versioned_task(version={version}, "
-                f"allow_compatible_changes=True), or {bump}"
+                f"allow_compatible_changes=True) if every worker runs the new code before "
+                f"any message uses the change, or {bump}"
             )
             what = f"a backward-compatible change ({summary})"
         else:
@@ -570,6 +829,16 @@ class _Task:
         )
 
 
+def _old_workers(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
+    """What a worker still on the locked schema does with a message of the new one."""
+    if classify(new["schema"], old["schema"]).level != "breaking":
+        return ""
+    return (
+        "; a worker still running the locked code dead-letters a message that uses it "
+        "(invalid_payload), so every worker must run this code before any producer does"
+    )
+
+
 def _removed_task(name: str, entry: Mapping[str, Any]) -> Problem:
     return Problem(
         name,
@@ -582,36 +851,26 @@ def _removed_task(name: str, entry: Mapping[str, Any]) -> Problem:
     )
 
 
-def _removed_redirects(lock: Mapping[str, Any], registry: SchemaRegistry) -> list[Problem]:
-    def handled(name: str) -> bool:
-        return name in registry.specs or name in registry.renames or name in registry.tombstones
+def _gone_rename(old: str, new: str) -> Problem:
+    return Problem(
+        old,
+        "task_removed",
+        f"The rename {old!r} -> {new!r} in the lock is gone and {old!r} is not "
+        f"declared or tombstoned: messages written under {old!r} would be "
+        f"dead-lettered as unknown_task; restore huey.rename({old!r}, {new!r}) "
+        f"or add huey.tombstone({old!r}), then run `versioned-tasks lock`.",
+    )
 
-    problems = []
-    for old, new in sorted(lock["renames"].items()):
-        if not handled(old):
-            problems.append(
-                Problem(
-                    old,
-                    "task_removed",
-                    f"The rename {old!r} -> {new!r} in the lock is gone and {old!r} is not "
-                    f"declared or tombstoned: messages written under {old!r} would be "
-                    f"dead-lettered as unknown_task; restore huey.rename({old!r}, {new!r}) "
-                    f"or add huey.tombstone({old!r}), then run `versioned-tasks lock`.",
-                )
-            )
-    for name in sorted(lock["tombstones"]):
-        if not handled(name):
-            problems.append(
-                Problem(
-                    name,
-                    "task_removed",
-                    f"The tombstone of {name!r} in the lock is gone and {name!r} is not "
-                    f"declared or renamed: its messages would be dead-lettered as "
-                    f"unknown_task instead of retired; restore huey.tombstone({name!r}), "
-                    f"then run `versioned-tasks lock`.",
-                )
-            )
-    return problems
+
+def _gone_tombstone(name: str) -> Problem:
+    return Problem(
+        name,
+        "task_removed",
+        f"The tombstone of {name!r} in the lock is gone and {name!r} is not "
+        f"declared or renamed: its messages would be dead-lettered as "
+        f"unknown_task instead of retired; restore huey.tombstone({name!r}), "
+        f"then run `versioned-tasks lock`.",
+    )
 
 
 # -- what a new lock changes ----------------------------------------------------------------
@@ -628,9 +887,27 @@ def describe_changes(previous: Mapping[str, Any] | None, lock: Mapping[str, Any]
         elif name not in after:
             lines.append(f"- {name} v{before[name]['version']} ({_fate(name, lock)})")
         else:
+            was_live = previous is None or _is_live(name, previous)
+            if was_live and not _is_live(name, lock):
+                lines.append(
+                    f"~ {name} v{after[name]['version']}: {_fate(name, lock)}; its history "
+                    f"stays in the lock"
+                )
+            elif not was_live and _is_live(name, lock):
+                lines.append(f"~ {name} v{after[name]['version']}: declared again")
             lines.extend(_task_changes(name, before[name], after[name]))
     lines.extend(_redirect_changes(previous, lock))
     return lines
+
+
+def _is_live(name: str, lock: Mapping[str, Any]) -> bool:
+    """Whether a task entry of a lock is a declared task (not renamed away or retired)."""
+    return name not in lock["renames"] and name not in lock["tombstones"]
+
+
+def live_task_count(lock: Mapping[str, Any]) -> int:
+    """The number of declared tasks a lock records (without renamed or retired names)."""
+    return sum(1 for name in lock["tasks"] if _is_live(name, lock))
 
 
 def _fate(name: str, lock: Mapping[str, Any]) -> str:

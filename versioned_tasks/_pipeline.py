@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
 import orjson
+import pydantic_core
 from huey.api import Task
 from huey.registry import Message
 from huey.utils import ChordConfig
@@ -34,7 +35,14 @@ from pydantic import ValidationError
 from . import _codec, _envelope
 from ._schema import SchemaRegistry, TaskSpec, bind_positional
 from ._version import __version__
-from .exceptions import DecodeError, EncodeError, InvalidArguments, SignatureError
+from .exceptions import (
+    DecodeError,
+    DowncastFailed,
+    EncodeError,
+    InvalidArguments,
+    SchemaError,
+    SignatureError,
+)
 
 __all__ = [
     "REASONS",
@@ -68,6 +76,11 @@ _NUMBER: Final = (int, float)
 
 Unpack = Callable[[bytes], tuple[dict[str, Any], bytes]]
 Frame = Callable[[bytes, bytes], bytes]
+#: ``emit(spec)``: the version a producer writes a task at (``emit_versions``).
+Emit = Callable[[TaskSpec], int]
+#: ``check(task, version, payload)``: why a payload does not fit that older
+#: version's schema, or None when it fits (or nothing says what it is).
+OldSchemaCheck = Callable[[str, int, Any], "str | None"]
 
 
 # -- outcomes -----------------------------------------------------------------
@@ -97,6 +110,8 @@ class Newer:
     enqueued_at: float | None
     priority: Any
     detail: str
+    #: The message's Huey task id, when its header has one.
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,6 +240,7 @@ class Reader:
                 f"Task {defer.task!r} version {defer.version}"
                 f"{'' if defer.task == name else f' (a callback of {name!r})'} is newer "
                 f"than this worker knows (version {defer.known})",
+                _str_or_none(header.get("id")),
             )
 
     def _older_value(self, spec: TaskSpec, version: int, body: bytes) -> Any:
@@ -240,7 +256,7 @@ class Reader:
         chain = self.registry.chain(spec.name, version, spec.version)
         if chain is None:
             raise LookupError(version)
-        payload = orjson.loads(body)
+        payload = _json(body)
         for step in chain:
             payload = step(payload)
             if type(payload) is not dict:
@@ -423,10 +439,15 @@ def _params(params: Any, spec: TaskSpec | None) -> tuple[str, ...] | None:
     return spec.params if spec is not None else None
 
 
+#: Parses a body for Python code (upcasters, the codec). Not orjson, which
+#: reads an integer beyond 64 bits as a float; pydantic's parser keeps it.
+_json: Final = pydantic_core.from_json
+
+
 def _parse_body(body: bytes) -> Any:
     try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
+        return _json(body)
+    except ValueError as exc:
         raise _Reject("undecodable", f"Envelope body is not valid JSON: {exc}") from None
 
 
@@ -501,6 +522,10 @@ def _id(header: Mapping[str, Any]) -> Any:
 def _priority(header: Mapping[str, Any]) -> int | float | None:
     value = header.get("priority")
     return value if type(value) in _NUMBER else None
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if type(value) is str else None
 
 
 def _float_or_none(value: Any) -> float | None:
@@ -644,6 +669,10 @@ class Writer:
         if build:
             self._tail += b',"build":' + orjson.dumps(build)
         self._heads: dict[TaskSpec, bytes] = {}
+        #: Set by an app with ``emit_versions``; None keeps every task on the
+        #: current-version path, with no lookup per message.
+        self.emit: Emit | None = None
+        self.check_old: OldSchemaCheck | None = None
 
     def encode(self, task: Task, *, validate: bool = True) -> bytes:
         """Encode a task; with ``validate=False`` write its arguments unchecked.
@@ -667,6 +696,10 @@ class Writer:
         if spec is not None and validate:
             body = self._versioned_body(spec, task, wire)
             head = self._heads.get(spec) or self._head(spec)
+            if self.emit is not None:
+                target = self.emit(spec)
+                if target != spec.version:
+                    head, body = self._pinned(spec, target, head, body, wire is None)
         else:
             identity = self._identity(task, spec, wire)
             identity["form"] = _FORM_POSITIONAL
@@ -685,6 +718,64 @@ class Writer:
         head = _OPEN_TASK + orjson.dumps({"task": spec.name, "v": spec.version})[1:-1]
         self._heads[spec] = head
         return head
+
+    def _pinned(
+        self, spec: TaskSpec, target: int, head: bytes, body: bytes, fresh: bool
+    ) -> tuple[bytes, bytes]:
+        """Head and body at the pinned version ``target``, through the downcasters.
+
+        A fresh message that cannot be downcast raises; one re-written after it
+        was read (a retry, a schedule move, a callback) keeps today's version
+        instead, since raising there would lose it.
+        """
+        chain = self.registry.down_chain(spec.name, spec.version, target)
+        if (
+            chain is None
+            or target > spec.version
+            or self.registry.chain(spec.name, target, spec.version) is None
+        ):
+            problems = self.registry.pin_problems(spec.name, target)
+            raise SchemaError(" ".join(problems), task=spec.name)
+        try:
+            body = self._downcast(spec, target, chain, body)
+        except DowncastFailed as exc:
+            if fresh:
+                raise
+            logger.warning("%s It was written at version %s instead.", exc, spec.version)
+            return head, body
+        return _OPEN_TASK + orjson.dumps({"task": spec.name, "v": target})[1:-1], body
+
+    def _downcast(
+        self, spec: TaskSpec, target: int, chain: tuple[Callable[..., Any], ...], body: bytes
+    ) -> bytes:
+        payload: Any = _json(body)
+        version = spec.version
+
+        def failed(step: tuple[int, int], error: str) -> DowncastFailed:
+            return DowncastFailed(
+                task=spec.name, version=spec.version, target=target, step=step, error=error
+            )
+
+        for step in chain:
+            try:
+                payload = step(payload)
+            except Exception as exc:
+                raise failed((version, version - 1), f"{type(exc).__name__}: {exc}") from None
+            if type(payload) is not dict or not all(type(k) is str for k in payload):
+                raise failed(
+                    (version, version - 1),
+                    f"it returned {type(payload).__name__}, not a dict with string keys",
+                )
+            version -= 1
+        try:
+            out = orjson.dumps(payload)
+        except orjson.JSONEncodeError as exc:
+            raise failed((target + 1, target), f"its result is not JSON ({exc})") from None
+        if self.check_old is not None:
+            problem = self.check_old(spec.name, target, _json(out))
+            if problem is not None:
+                raise failed((target, target), problem)
+        return out
 
     def _versioned_body(
         self,

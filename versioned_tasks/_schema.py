@@ -33,7 +33,9 @@ from ._codec import exception_field
 from .exceptions import EncodeError, InvalidArguments, SchemaError
 
 __all__ = [
+    "NEWER_VERSION_POLICIES",
     "RESERVED_PARAMETERS",
+    "Downcaster",
     "SchemaRegistry",
     "TaskSpec",
     "Upcaster",
@@ -57,6 +59,12 @@ RESERVED_PARAMETERS: Final = frozenset(
 )
 
 Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
+#: A pure step from version N to N - 1, for producers pinned to an older version.
+Downcaster = Callable[[dict[str, Any]], dict[str, Any]]
+
+#: What a worker does with a message newer than it knows: put it back on the
+#: schedule for a newer worker, or dead-letter it as ``newer_version`` at once.
+NEWER_VERSION_POLICIES: Final = ("defer", "dead_letter")
 
 _ARGS_CONFIG: Final = ConfigDict(
     extra="forbid",
@@ -113,6 +121,9 @@ class TaskSpec:
     #: argument schema (an optional field added, a type widened) without a
     #: version bump.
     allow_compatible_changes: bool = False
+    #: The task's own newer-version policy (``defer`` or ``dead_letter``);
+    #: None follows the app's ``newer_version``.
+    newer_version: str | None = None
 
     # -- producer side -------------------------------------------------------
 
@@ -607,9 +618,13 @@ class SchemaRegistry:
     def __init__(self) -> None:
         self.specs: dict[str, TaskSpec] = {}
         self.upcasters: dict[str, dict[int, Upcaster]] = {}
+        #: Steps from version N (the key) to N - 1, per task.
+        self.downcasters: dict[str, dict[int, Downcaster]] = {}
+        #: The versions this app's producers are pinned to (``emit_versions``).
+        self.emit_versions: dict[str, int] = {}
         self.renames: dict[str, str] = {}
         self.tombstones: dict[str, _Tombstone] = {}
-        self._chains: dict[tuple[str, int, int], Any] = {}
+        self._chains: dict[tuple[Any, ...], Any] = {}
         #: Declared tasks that no rename or tombstone shadows: the names the
         #: read pipeline's hot path may take at face value.
         self.runnable: dict[str, TaskSpec] = {}
@@ -619,6 +634,7 @@ class SchemaRegistry:
         return (
             f"<SchemaRegistry tasks={len(self.specs)} "
             f"upcasters={sum(map(len, self.upcasters.values()))} "
+            f"downcasters={sum(map(len, self.downcasters.values()))} "
             f"renames={len(self.renames)} tombstones={len(self.tombstones)}>"
         )
 
@@ -651,6 +667,31 @@ class SchemaRegistry:
             raise SchemaError(
                 f"Task {task!r} has two upcasters from version {from_version} to "
                 f"{from_version + 1} ({_describe(steps[from_version])} and "
+                f"{_describe(func)}); keep one.",
+                task=task,
+            )
+        steps[from_version] = func
+        self._changed()
+
+    def add_downcaster(self, task: str, from_version: int, func: Downcaster) -> None:
+        """Register the step from ``from_version`` down to ``from_version - 1``."""
+        if isinstance(from_version, bool) or not isinstance(from_version, int):
+            raise SchemaError(
+                f"Downcaster for {task!r}: from_version must be an integer, got {from_version!r}.",
+                task=task,
+            )
+        if from_version < 2:
+            raise SchemaError(
+                f"Downcaster for {task!r} from version {from_version}: a downcaster goes "
+                f"from version N to N - 1 and versions start at 1, so from_version must be "
+                f"2 or more.",
+                task=task,
+            )
+        steps = self.downcasters.setdefault(task, {})
+        if from_version in steps:
+            raise SchemaError(
+                f"Task {task!r} has two downcasters from version {from_version} to "
+                f"{from_version - 1} ({_describe(steps[from_version])} and "
                 f"{_describe(func)}); keep one.",
                 task=task,
             )
@@ -707,6 +748,64 @@ class SchemaRegistry:
         result: tuple[Upcaster, ...] | None = chain
         return result
 
+    def down_chain(
+        self, task: str, from_version: int, to_version: int
+    ) -> tuple[Downcaster, ...] | None:
+        """The downcasters from ``from_version`` down to ``to_version``, or None if one
+        is missing."""
+        key = ("down", task, from_version, to_version)
+        chain = self._chains.get(key, _MISSING)
+        if chain is _MISSING:
+            steps = self.downcasters.get(task, {})
+            try:
+                chain = tuple(steps[v] for v in range(from_version, to_version, -1))
+            except KeyError:
+                chain = None
+            self._chains[key] = chain
+        result: tuple[Downcaster, ...] | None = chain
+        return result
+
+    def pin_problems(self, task: str, pinned: int, *, skip: Iterable[int] = ()) -> list[str]:
+        """What keeps this app from writing ``task`` at the pinned version, with the fix.
+
+        Empty when the task is declared, the pin is not above its current
+        version, every downcaster from the current version to the pin exists,
+        and the upcasters lead back (so that this app's own workers read what
+        it writes). Missing downcasters in ``skip`` are left out (the chain
+        check reports them already).
+        """
+        spec = self.specs.get(task)
+        if spec is None:
+            return [
+                f"emit_versions pins {task!r} to version {pinned}, but no task of that name "
+                f"is declared; declare it, or drop it from emit_versions (or "
+                f"VERSIONED_TASKS_EMIT_VERSIONS)."
+            ]
+        current = spec.version
+        if pinned > current:
+            return [
+                f"emit_versions pins {task!r} to version {pinned}, above its current version "
+                f"{current}; a producer cannot write a version it does not know. Pin "
+                f"{current} or lower."
+            ]
+        steps = self.downcasters.get(task, {})
+        problems = [
+            f"emit_versions pins {task!r} to version {pinned}, but it has no downcaster from "
+            f"version {v} to {v - 1}; register one with "
+            f"@huey.downcaster({task!r}, from_version={v})."
+            for v in range(current, pinned, -1)
+            if v not in steps and v not in skip
+        ]
+        up = self.upcasters.get(task, {})
+        problems.extend(
+            f"emit_versions pins {task!r} to version {pinned}, but it has no upcaster from "
+            f"version {v} to {v + 1}, so this app's own workers could not read what it "
+            f"writes; register one with @huey.upcaster({task!r}, from_version={v})."
+            for v in range(pinned, current)
+            if v not in up
+        )
+        return problems
+
     # -- whole-registry check ------------------------------------------------
 
     def check(self, plain_tasks: Iterable[str] = ()) -> None:
@@ -718,6 +817,7 @@ class SchemaRegistry:
         known = set(self.specs) | set(plain_tasks)
         problems = [
             *self._check_upcasters(),
+            *self._check_downcasters(),
             *self._check_renames(known),
             *self._check_tombstones(known),
         ]
@@ -741,6 +841,27 @@ class SchemaRegistry:
                 )
                 continue
             yield from _check_chain(spec, steps)
+
+    def _check_downcasters(self) -> Iterable[tuple[str, str]]:
+        for task, steps in sorted(self.downcasters.items()):
+            spec = self.specs.get(task)
+            if spec is None:
+                yield (
+                    task,
+                    (
+                        f"Downcasters for {task!r} (from versions {sorted(steps)}) name a "
+                        f"task that is not declared; declare it with "
+                        f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                    ),
+                )
+                continue
+            yield from _check_down_chain(spec, steps)
+        for task, pinned in sorted(self.emit_versions.items()):
+            spec = self.specs.get(task)
+            steps = self.downcasters.get(task, {})
+            gaps = _down_gaps(spec.version, steps) if spec is not None else []
+            for message in self.pin_problems(task, pinned, skip=gaps):
+                yield task, message
 
     def _check_renames(self, known: set[str]) -> Iterable[tuple[str, str]]:
         for old, new in sorted(self.renames.items()):
@@ -817,6 +938,36 @@ def _check_chain(spec: TaskSpec, steps: dict[int, Upcaster]) -> Iterable[tuple[s
                     f"register one with @huey.upcaster({spec.name!r}, from_version={version})."
                 ),
             )
+
+
+def _check_down_chain(spec: TaskSpec, steps: dict[int, Downcaster]) -> Iterable[tuple[str, str]]:
+    current = spec.version
+    for version in sorted(v for v in steps if v > current):
+        yield (
+            spec.name,
+            (
+                f"Task {spec.name!r}: downcaster from version {version} to {version - 1} "
+                f"starts above the current version {current}; remove it, or raise the "
+                f"task's version to {version}."
+            ),
+        )
+    for version in _down_gaps(current, steps):
+        yield (
+            spec.name,
+            (
+                f"Task {spec.name!r} has no downcaster from version {version} to "
+                f"{version - 1} (the chain must start at the current version {current}); "
+                f"register one with @huey.downcaster({spec.name!r}, from_version={version})."
+            ),
+        )
+
+
+def _down_gaps(current: int, steps: Mapping[int, Downcaster]) -> list[int]:
+    """The missing steps between the lowest downcaster and the current version."""
+    below = [v for v in steps if v <= current]
+    if not below:
+        return []
+    return [v for v in range(current, min(below), -1) if v not in steps]
 
 
 def _describe(func: Callable[..., Any]) -> str:

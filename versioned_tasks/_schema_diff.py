@@ -3,7 +3,8 @@
 ``classify(old, new)`` sorts a change of a task's argument schema into one of:
 
 - ``identical``: the same JSON, byte for byte once keys are sorted;
-- ``cosmetic``: only annotations differ (titles, descriptions, examples), which
+- ``cosmetic``: only annotations differ (titles, descriptions, examples,
+  ``x-*`` extension keys such as those ``json_schema_extra`` adds), which
   change no payload's fate;
 - ``compatible``: every payload the old schema accepts, the new one accepts too
   (an optional field added, a type widened, a default changed, ...);
@@ -14,7 +15,9 @@
 "Every payload the old schema accepts" is read as a producer writes them: an
 object with declared ``properties`` and no ``additionalProperties`` (pydantic's
 ``extra="ignore"``) carries only its declared keys, since the model drops the
-others before it is written.
+others before it is written. A model that starts refusing unknown keys
+(``additionalProperties`` becoming false) is breaking all the same: an
+upcaster's output, or a message written by other code, may carry them.
 """
 
 from __future__ import annotations
@@ -34,15 +37,27 @@ __all__ = [
     "Level",
     "canonical",
     "classify",
+    "is_annotation",
     "order_set_values",
     "strip_annotations",
 ]
 
 Level = Literal["identical", "cosmetic", "compatible", "breaking"]
 
-#: Keywords that describe a schema without constraining what it accepts.
+#: Keywords that describe a schema without constraining what it accepts; any
+#: key that starts with ``x-`` (an extension, e.g. from ``json_schema_extra``)
+#: is one too.
 ANNOTATIONS: Final = frozenset(
-    {"title", "description", "examples", "$comment", "deprecated", "readOnly", "writeOnly"}
+    {
+        "title",
+        "description",
+        "examples",
+        "example",
+        "$comment",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+    }
 )
 
 # Where subschemas sit: annotations are stripped there and nowhere else (a
@@ -110,13 +125,18 @@ def canonical(value: Any) -> bytes:
         ).encode()
 
 
+def is_annotation(key: str) -> bool:
+    """Whether a schema keyword only describes (a title, an ``x-`` extension, ...)."""
+    return key in ANNOTATIONS or key.startswith("x-")
+
+
 def strip_annotations(schema: Any) -> Any:
     """The schema without titles, descriptions, examples and other annotations."""
     if not isinstance(schema, dict):
         return schema
     stripped: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in ANNOTATIONS:
+        if is_annotation(key):
             continue
         if key in _SUBSCHEMA:
             value = strip_annotations(value)
@@ -196,12 +216,21 @@ class _SetOrder:
     def _resolve(self, schema: Any, depth: int) -> Any:
         seen = 0
         while isinstance(schema, dict) and isinstance(schema.get("$ref"), str) and seen < 32:
-            target: Any = self.root
-            for part in schema["$ref"].lstrip("#").split("/")[1:]:
-                part = part.replace("~1", "/").replace("~0", "~")
-                target = target.get(part) if isinstance(target, dict) else None
-            schema, seen = target, seen + 1
+            schema, seen = _pointer(self.root, schema["$ref"]), seen + 1
         return schema
+
+
+def _pointer(root: Any, ref: Any) -> Any:
+    """What a local ``$ref`` (``#/$defs/Name``) points to in ``root``, or None."""
+    if not isinstance(ref, str) or not ref.startswith("#"):
+        return None
+    target: Any = root
+    for part in ref[1:].split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        if not isinstance(target, dict) or part not in target:
+            return None
+        target = target[part]
+    return target
 
 
 def _fits_type(value: Any, schema: Any) -> bool:
@@ -230,7 +259,9 @@ def classify(old: Any, new: Any) -> Classification:
         return Classification("identical")
     old, new = strip_annotations(old), strip_annotations(new)
     if canonical(old) == canonical(new):
-        return Classification("cosmetic", ("only titles, descriptions or examples changed",))
+        return Classification(
+            "cosmetic", ("only annotations changed (titles, descriptions, examples, x- keys)",)
+        )
     comparison = _Comparison(old, new)
     try:
         accepted = comparison.accepts(old, new, "")
@@ -404,15 +435,9 @@ class _Comparison:
         """The schema a ``$ref`` points to (local pointers only), with its siblings."""
         if "$ref" not in node:
             return node
-        ref = node["$ref"]
-        if not isinstance(ref, str) or not ref.startswith("#"):
+        target = _pointer(self.roots[side], node["$ref"])
+        if target is None:
             return None
-        target: Any = self.roots[side]
-        for part in ref[1:].split("/")[1:]:
-            part = part.replace("~1", "/").replace("~0", "~")
-            if not isinstance(target, dict) or part not in target:
-                return None
-            target = target[part]
         siblings = {k: v for k, v in node.items() if k != "$ref"}
         if not siblings:
             return target
@@ -475,7 +500,13 @@ class _Comparison:
 
     def _simple(self, old: dict[str, Any], new: dict[str, Any], path: str) -> bool:
         for key in sorted((set(old) | set(new)) - _UNDERSTOOD):
-            if not _same(old.get(key, _ABSENT), new.get(key, _ABSENT)):
+            if is_annotation(key):
+                continue
+            if key not in new:
+                return self._break(path, f"dropped its {key!r} keyword")
+            if key not in old:
+                return self._break(path, f"has a new {key!r} keyword")
+            if not _same(old[key], new[key]):
                 return self._break(path, f"changed its {key!r} keyword")
         if "enum" in old or "const" in old:
             return self._values(old, new, path)
@@ -603,7 +634,22 @@ class _Comparison:
         if old_extra is not False:
             label = "(extra keys)" if "properties" in old else "(values)"
             results.append(self.accepts(old_extra, new_extra, _join(path, label)))
+        elif "additionalProperties" not in old and not _is_any(new_extra):
+            results.append(self._closed(new_extra, path))
         return all(results)
+
+    def _closed(self, new_extra: Any, path: str) -> bool:
+        """A model that ignored unknown keys (no ``additionalProperties``) checks them now."""
+        what = (
+            "refuses unknown keys now (extra='forbid'), which it ignored"
+            if new_extra is False
+            else f"requires unknown keys to be {describe(new_extra)} now, which it ignored"
+        )
+        return self._break(
+            path,
+            f"{what}: an older message, or an upcaster's output, that carries one would be "
+            f"refused",
+        )
 
     def _required(
         self, old_props: dict[str, Any], old_required: set[str], new_required: set[str], path: str

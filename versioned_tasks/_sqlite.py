@@ -58,6 +58,8 @@ class AtomicSqlite:
                 return decision
             if isinstance(decision, HandlerAction):
                 self._run_handler(raw, decision, act, rescue)
+            elif isinstance(decision, DeferAction):
+                decision.done()  # committed: count it and send the signal
 
     def _head(self) -> tuple[int, bytes, float] | None:
         rows = self._storage.sql(
@@ -138,27 +140,34 @@ class AtomicSqlite:
             except Exception:
                 logger.exception("The dead-letter table is not usable; bad messages stay put.")
         tasks: list[Task] = []
+        deferred: list[DeferAction] = []
         with self._storage.db(commit=True) as cursor:
             for row_id, raw, decision in decided:
                 if isinstance(decision, Task):
                     cursor.execute("delete from schedule where id = ? and data = ?", (row_id, raw))
                     if cursor.rowcount == 1:
                         tasks.append(decision)
-                else:
-                    self._settle(cursor, row_id, raw, decision)
+                elif self._settle(cursor, row_id, raw, decision) and isinstance(
+                    decision, DeferAction
+                ):
+                    deferred.append(decision)
+        for action in deferred:
+            action.done()  # committed, and the storage's lock released
         return tasks
 
-    def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> None:
+    def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> bool:
         cursor.execute("savepoint vt_settle")
         try:
             cursor.execute("delete from schedule where id = ? and data = ?", (row_id, raw))
             if cursor.rowcount == 1:
                 self._apply(cursor, raw, action)
+                return True
         except Exception:
             cursor.execute("rollback to vt_settle")
             logger.exception("Could not settle a scheduled message; it stays on the schedule.")
         finally:
             cursor.execute("release vt_settle")
+        return False
 
     # -- both --------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ The tree::
 
     VersionedTaskError
      ├── InvalidArguments (also a ValueError)    arguments do not fit the task's model
+     │    └── DowncastFailed                     arguments cannot be written at a pinned version
      ├── InvalidResult (also a ValueError)       a return value does not fit result_model
      ├── SchemaError                             declarations that cannot work together
      ├── ConfigurationError                      an option or backend that cannot be used
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterNotFound",
     "DecodeError",
+    "DowncastFailed",
     "EncodeError",
     "EnvelopeTooLarge",
     "InvalidArguments",
@@ -278,3 +280,47 @@ class LockFileError(ConfigurationError):
     def __init__(self, message: str, *, path: str) -> None:
         self.path = path
         super().__init__(message)
+
+
+class DowncastFailed(InvalidArguments):
+    """Arguments that cannot be written at the older version a producer is pinned to.
+
+    Raised at enqueue when ``emit_versions`` pins a task to an older version
+    and a downcaster raises, returns something that is not a dict with string
+    keys, or returns a payload that does not fit the older version's schema
+    (when a schema lock says what that is). Nothing is written.
+
+    Attributes:
+        task: the logical task name.
+        version: the task's current version (the arguments were valid at it).
+        target: the pinned version the message was to be written at.
+        step: ``(from_version, to_version)`` of the step that failed, or the
+            target twice when the finished payload failed the schema check.
+        errors: one entry describing the failure (``type`` is ``downcast_failed``).
+    """
+
+    def __init__(
+        self, *, task: str, version: int, target: int, step: tuple[int, int], error: str
+    ) -> None:
+        self.target = target
+        self.step = step
+        super().__init__(
+            task=task,
+            version=version,
+            errors=[{"loc": (), "msg": error, "type": "downcast_failed"}],
+        )
+
+    def _message(self) -> str:
+        high, low = self.step
+        where = (
+            f"the downcaster from version {high} to {low}"
+            if high != low
+            else f"the downcast payload, checked against the lock's schema of version {low},"
+        )
+        return (
+            f"Task {self.task!r} version {self.version} cannot be written at version "
+            f"{self.target} (pinned by emit_versions): {where} failed: "
+            f"{self.errors[0]['msg']}. Nothing was enqueued; fix the downcaster with "
+            f"@huey.downcaster({self.task!r}, from_version={high}), or unpin the task once "
+            f"every worker reads version {self.version}."
+        )

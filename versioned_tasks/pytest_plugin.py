@@ -24,7 +24,6 @@ nothing; ``versioned_huey`` then fails with a message saying what to set.
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 from collections.abc import Iterator
@@ -35,7 +34,9 @@ from typing import Any
 import pytest
 
 from . import testing
+from ._apps import import_app
 from ._huey import VersionedHuey, VersionedMemoryHuey
+from ._lock import DEFAULT_LOCK_PATH
 from .exceptions import ConfigurationError
 
 __all__ = [
@@ -78,8 +79,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         LOCK_OPTION,
-        "The schema lock file (default: versioned-tasks.lock).",
-        default="versioned-tasks.lock",
+        f"The schema lock file (default: {DEFAULT_LOCK_PATH}).",
+        default=DEFAULT_LOCK_PATH,
     )
 
 
@@ -158,24 +159,9 @@ def _load_app(settings: _Settings, rootpath: Path) -> VersionedHuey:
             f'{APP_OPTION} is not set; add {APP_OPTION} = "package.module:huey" to '
             f"[tool.pytest.ini_options] (or pytest.ini), or use versioned_memory_huey."
         )
-    module_name, colon, attribute = settings.app.partition(":")
-    if not colon:
-        module_name, _, attribute = settings.app.rpartition(".")
-    if not module_name or not attribute:
-        raise ConfigurationError(f"{where} is not a 'package.module:attribute' path.")
     if str(rootpath) not in sys.path:
         sys.path.append(str(rootpath))
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except Exception as exc:
-        raise ConfigurationError(f"{where} does not import: {type(exc).__name__}: {exc}") from None
-    if not isinstance(target, VersionedHuey):
-        raise ConfigurationError(
-            f"{where} is a {type(target).__name__}, not a VersionedHuey; point it at the app."
-        )
-    return target
+    return import_app(settings.app, label=where)
 
 
 # -- fixtures ------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ import orjson
 from huey.api import Task
 
 from ._huey import VersionedHuey, VersionedTaskWrapper
-from ._lock import read_lock, version_schema
+from ._lock import DEFAULT_LOCK_PATH, is_directory_name, read_lock, version_schema
 from ._pipeline import Newer, Rejected, Retired
 from ._schema import TaskSpec
 from .exceptions import ConfigurationError, DecodeError, SchemaError, VersionedTaskError
@@ -75,7 +75,6 @@ _CASE_ID: Final = "versioned-tasks-testing"
 _VERSION_DIR: Final = re.compile(r"v([1-9][0-9]{0,8})")
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SHOWN: Final = 600  # characters of a payload shown in a failure message
-_LOCK_FILE: Final = "versioned-tasks.lock"
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1
 
@@ -92,23 +91,25 @@ _default_lock: Path | None = None
 def immediate(huey: VersionedHuey) -> Iterator[VersionedHuey]:
     """Run ``huey`` in immediate mode inside the block, then restore it as it was.
 
-    Calling a task runs it at once (after the full envelope round trip). With
-    Huey's default ``immediate_use_memory=True`` that happens on a fresh
-    in-memory storage; the app's own storage object is put back afterwards,
+    Calling a task runs it at once (after the full envelope round trip). Each
+    block runs on a new, empty in-memory storage, also when the app is in
+    immediate mode already, so that nothing (results, queued or scheduled
+    messages, dead letters) carries over from one block to the next; an app
+    built with ``immediate_use_memory=False`` keeps its own storage instead.
+    The app's mode and its own storage object are put back afterwards,
     without opening a new connection.
     """
-    if huey.immediate:
-        yield huey
-        return
-    storage = huey.storage
-    huey.immediate = True
+    storage, was_immediate = huey.storage, huey.immediate
+    use_memory = huey.immediate_use_memory
+    huey.immediate_use_memory = False  # so that switching modes builds no storage
     try:
+        huey.immediate = True
+        if use_memory:
+            huey.storage = huey.get_immediate_storage()
         yield huey
     finally:
-        use_memory = huey.immediate_use_memory
-        huey.immediate_use_memory = False  # so that leaving does not build a new storage
         try:
-            huey.immediate = False
+            huey.immediate = was_immediate
         finally:
             huey.immediate_use_memory = use_memory
             huey.storage = storage
@@ -290,7 +291,7 @@ def _assert_expected(
     name: str, version: int, actual: dict[str, Any], expected: Mapping[str, Any]
 ) -> None:
     want = dict(expected)
-    if actual == want:
+    if _same_json(actual, want):
         return
     lines = [f"Task {name!r} version {version} upcasts to a different payload:"]
     for key in sorted(want.keys() - actual.keys()):
@@ -298,10 +299,30 @@ def _assert_expected(
     for key in sorted(actual.keys() - want.keys()):
         lines.append(f"  {key}: not expected (got {_show(actual[key])})")
     for key in sorted(actual.keys() & want.keys()):
-        if actual[key] != want[key]:
-            lines.append(f"  {key}: got {_show(actual[key])}, expected {_show(want[key])}")
+        if not _same_json(actual[key], want[key]):
+            got, wanted = _show(actual[key]), _show(want[key])
+            if got == wanted:  # the same text, another type: say which
+                got = f"{got} ({type(actual[key]).__name__})"
+                wanted = f"{wanted} ({type(want[key]).__name__})"
+            lines.append(f"  {key}: got {got}, expected {wanted}")
     lines.append(f"  whole payload: {_show(actual)}")
     raise AssertionError("\n".join(lines))
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    """Equality that tells JSON types apart: ``true`` is not ``1``, ``1.0`` is not ``1``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same_json(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
+        return len(a) == len(b) and all(_same_json(x, y) for x, y in zip(a, b, strict=True))
+    return _json_kind(a) == _json_kind(b) and bool(a == b)
+
+
+def _json_kind(value: Any) -> str:
+    for kind in (bool, int, float, str):  # bool first: it is an int too
+        if isinstance(value, kind):
+            return kind.__name__
+    return type(value).__name__
 
 
 # -- the corpus ---------------------------------------------------------------------------
@@ -518,7 +539,7 @@ def _capture_one(huey: VersionedHuey, root: Path, raw: bytes, scrub: Scrub | Non
         raise _Skip(f"task {name!r} is not a versioned task message (no schema version)")
     if header.get("form") == "positional":
         raise _Skip(f"task {name!r} version {version} has positional arguments, not named fields")
-    if not _safe_dir(name):
+    if not is_directory_name(name):
         raise _Skip(f"task name {name!r} cannot be a directory name")
     try:
         payload = json.loads(body)
@@ -546,14 +567,6 @@ def _scrubbed(scrub: Scrub, name: str, version: int, payload: dict[str, Any]) ->
             f"{type(cleaned).__name__}; return the payload dict, or None to leave it out."
         )
     return cleaned
-
-
-def _safe_dir(name: str) -> bool:
-    return (
-        name not in (".", "..")
-        and not name.startswith(".")
-        and not any(c in name for c in "/\\\0:")
-    )
 
 
 def _case_name(ident: Any) -> str:
@@ -843,7 +856,7 @@ def _locked_schema(
     lock: str | os.PathLike[str] | Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     if lock is None:
-        lock = _default_lock if _default_lock is not None else Path(_LOCK_FILE)
+        lock = _default_lock if _default_lock is not None else Path(DEFAULT_LOCK_PATH)
     data = read_lock(lock) if not isinstance(lock, Mapping) else lock
     # A renamed task's history may sit under its old or its new name.
     names = [name] if spec is None or spec.name == name else [name, spec.name]

@@ -1,0 +1,429 @@
+"""Fleet awareness: every running consumer says which tasks and versions it runs.
+
+A consumer publishes a small JSON record (its id, host, pid, start time, app
+build, and ``{logical task name: current version}``) when it starts, again
+every ``fleet_interval`` seconds from a daemon thread, and removes it when it
+stops. A record not refreshed for three intervals is stale: readers ignore it
+and delete it, so a consumer killed outright drops out of the fleet by itself.
+
+Where the records live:
+
+- Redis storages: a hash ``huey.fleet.<queue>``, one field per consumer; its
+  clock is Redis's own (``TIME``), so hosts' clocks need not agree.
+- SQLite and PostgreSQL: rows of Huey's key-value table under the queue's
+  name, keys ``vt.fleet.<id>``.
+- MemoryStorage: keys ``vt.fleet.<id>`` of its key-value store (one process).
+- FileStorage: files under ``<path>/fleet/``.
+
+Publishing is on by default for Redis storages only (``VersionedHuey(...,
+fleet=None)``); ``fleet=True`` turns it on for the others. Reading
+(:func:`live_workers`, :func:`readable_versions`) works on every storage
+whatever the local setting: a producer that runs no consumer still sees the
+consumers that publish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import logging
+import os
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+import orjson
+from huey.consumer import Consumer
+from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
+
+from ._version import __version__
+from .exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from ._huey import VersionedHuey
+
+__all__ = [
+    "DEFAULT_FLEET_INTERVAL",
+    "STALE_AFTER",
+    "FleetConsumer",
+    "Heartbeat",
+    "WorkerInfo",
+    "board_for",
+    "fleet_enabled",
+    "live_workers",
+    "readable_versions",
+]
+
+logger = logging.getLogger("versioned_tasks")
+
+#: Seconds between two heartbeats of a consumer, by default.
+DEFAULT_FLEET_INTERVAL: Final = 10.0
+#: A record older than this many of its own intervals is stale.
+STALE_AFTER: Final = 3
+#: The Redis hash outlives its last writer by at least this long (seconds).
+_HASH_TTL: Final = 24 * 3600
+_KEY_PREFIX: Final = "vt.fleet."
+#: How long stop() waits for a heartbeat in flight before removing the record.
+_JOIN_TIMEOUT: Final = 5.0
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One live consumer of the queue, as it last published itself.
+
+    Attributes:
+        id: ``host:pid:random``, unique per consumer process start.
+        host: the host name.
+        pid: the consumer's process id.
+        started_at: when the consumer started (timezone-aware UTC).
+        last_seen: its last heartbeat (timezone-aware UTC).
+        build: the app's ``app_build``, if set.
+        tasks: logical task name -> the version this consumer runs.
+        interval: seconds between its heartbeats.
+        library: the versioned_tasks release it runs.
+    """
+
+    id: str
+    host: str
+    pid: int
+    started_at: datetime.datetime
+    last_seen: datetime.datetime
+    build: str | None
+    tasks: Mapping[str, int] = field(default_factory=dict)
+    interval: float = DEFAULT_FLEET_INTERVAL
+    library: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<WorkerInfo {self.id} build={self.build!r} tasks={len(self.tasks)}>"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (times as ISO 8601)."""
+        return {
+            "id": self.id,
+            "host": self.host,
+            "pid": self.pid,
+            "started_at": self.started_at.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "build": self.build,
+            "tasks": dict(self.tasks),
+            "interval": self.interval,
+            "library": self.library,
+        }
+
+
+def _utc(ts: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
+
+
+def _parse(data: bytes) -> tuple[WorkerInfo, float] | None:
+    """A record and its last-seen timestamp, or None for one that makes no sense."""
+    try:
+        record = orjson.loads(data)
+        tasks = record["tasks"]
+        last_seen, interval = float(record["last_seen"]), float(record["interval"])
+        info = WorkerInfo(
+            id=str(record["id"]),
+            host=str(record["host"]),
+            pid=int(record["pid"]),
+            started_at=_utc(float(record["started_at"])),
+            last_seen=_utc(last_seen),
+            build=record.get("build") if type(record.get("build")) is str else None,
+            tasks={str(name): version for name, version in tasks.items() if type(version) is int},
+            interval=interval,
+            library=record.get("library") if type(record.get("library")) is str else None,
+        )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+    return info, last_seen
+
+
+# -- where records live -------------------------------------------------------------------
+
+
+class _Board(Protocol):
+    def now(self) -> float: ...
+    def publish(self, worker_id: str, data: bytes, interval: float) -> None: ...
+    def remove(self, worker_id: str) -> None: ...
+    def records(self) -> list[tuple[str, bytes]]: ...
+
+
+class RedisBoard:
+    """A hash ``huey.fleet.<name>``: one field per consumer."""
+
+    def __init__(self, storage: RedisStorage) -> None:
+        self._conn = storage.conn
+        self.key = f"huey.fleet.{storage.name}"
+
+    def now(self) -> float:
+        seconds, micros = self._conn.time()
+        return float(seconds) + float(micros) / 1e6
+
+    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
+        pipe = self._conn.pipeline(transaction=True)
+        pipe.hset(self.key, worker_id, data)
+        # Only so that the hash of a fleet that died without stopping goes away.
+        pipe.expire(self.key, int(max(_HASH_TTL, STALE_AFTER * interval + 1)))
+        pipe.execute()
+
+    def remove(self, worker_id: str) -> None:
+        self._conn.hdel(self.key, worker_id)
+
+    def records(self) -> list[tuple[str, bytes]]:
+        return [(k.decode(), bytes(v)) for k, v in self._conn.hgetall(self.key).items()]
+
+
+class _KeyValueBoard:
+    """Keys ``vt.fleet.<id>`` of the storage's own key-value store."""
+
+    def __init__(self, storage: Any) -> None:
+        self.storage = storage
+
+    def now(self) -> float:
+        return time.time()
+
+    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
+        self.storage.put_data(_KEY_PREFIX + worker_id, data)
+
+    def remove(self, worker_id: str) -> None:
+        self.storage.pop_data(_KEY_PREFIX + worker_id)
+
+    def records(self) -> list[tuple[str, bytes]]:
+        raise NotImplementedError
+
+
+class SqlBoard(_KeyValueBoard):
+    """Rows of Huey's key-value table (SQLite ``kv``, PostgreSQL ``<prefix>_kv``)."""
+
+    def records(self) -> list[tuple[str, bytes]]:
+        storage = self.storage
+        if isinstance(storage, PostgresStorage):
+            table, p = storage.table_kv, "%s"
+        else:
+            table, p = "kv", "?"
+        # A key range rather than LIKE, whose '_' is a wildcard; '/' follows '.'.
+        rows = storage.sql(
+            f"select key, value from {table} where queue = {p} and key >= {p} and key < {p}",
+            (storage.name, _KEY_PREFIX, _KEY_PREFIX[:-1] + "/"),
+            results=True,
+        )
+        return [(str(key)[len(_KEY_PREFIX) :], bytes(value)) for key, value in rows]
+
+
+class MemoryBoard(_KeyValueBoard):
+    """Keys of a MemoryStorage's key-value store: a fleet of one process."""
+
+    def records(self) -> list[tuple[str, bytes]]:
+        with self.storage._lock:
+            items = list(self.storage._results.items())
+        return [
+            (key[len(_KEY_PREFIX) :], bytes(value))
+            for key, value in items
+            if isinstance(key, str) and key.startswith(_KEY_PREFIX)
+        ]
+
+
+class FileBoard:
+    """One file per consumer under ``<path>/fleet/``, replaced atomically."""
+
+    def __init__(self, storage: FileStorage) -> None:
+        self._dir = os.path.join(storage.path, "fleet")
+
+    def now(self) -> float:
+        return time.time()
+
+    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
+        os.makedirs(self._dir, exist_ok=True)
+        path = os.path.join(self._dir, _file_name(worker_id))
+        partial = f"{path}.partial"
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+
+    def remove(self, worker_id: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(self._dir, _file_name(worker_id)))
+
+    def records(self) -> list[tuple[str, bytes]]:
+        try:
+            names = os.listdir(self._dir)
+        except FileNotFoundError:
+            return []
+        found = []
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            try:
+                with open(os.path.join(self._dir, name), "rb") as f:
+                    data = f.read()
+            except FileNotFoundError:
+                continue
+            parsed = _parse(data)
+            if parsed is not None:
+                found.append((parsed[0].id, data))
+        return found
+
+
+def _file_name(worker_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in worker_id) + ".json"
+
+
+def board_for(storage: Any) -> _Board | None:
+    """Where the consumers of ``storage`` publish, or None for a storage without one."""
+    if isinstance(storage, RedisStorage):
+        return RedisBoard(storage)
+    if isinstance(storage, SqliteStorage | PostgresStorage):
+        return SqlBoard(storage)
+    if isinstance(storage, MemoryStorage):
+        return MemoryBoard(storage)
+    if isinstance(storage, FileStorage):
+        return FileBoard(storage)
+    return None
+
+
+def fleet_enabled(option: bool | None, storage: Any) -> bool:
+    """Whether consumers publish heartbeats: ``option``, or Redis only when None.
+
+    Raises:
+        ConfigurationError: ``fleet=True`` on a storage with nowhere to publish.
+    """
+    if option is None:
+        return isinstance(storage, RedisStorage)
+    if option and board_for(storage) is None:
+        raise ConfigurationError(
+            f"fleet=True is not supported on {type(storage).__name__}: consumers publish "
+            f"heartbeats on Redis, SQLite, PostgreSQL, FileStorage and MemoryStorage; "
+            f"drop fleet=True."
+        )
+    return bool(option)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def live_workers(huey: VersionedHuey) -> list[WorkerInfo]:
+    """The consumers of the app's queue that published a heartbeat recently,
+    oldest first. Stale records (three intervals without a heartbeat) are
+    ignored and deleted."""
+    board = board_for(huey.storage)
+    if board is None:
+        return []
+    now = board.now()
+    live: list[WorkerInfo] = []
+    for key, data in board.records():
+        parsed = _parse(data)
+        if parsed is None:
+            continue
+        info, last_seen = parsed
+        if now - last_seen > STALE_AFTER * max(info.interval, 0.0):
+            board.remove(key)
+        else:
+            live.append(info)
+    return sorted(live, key=lambda info: (info.started_at, info.id))
+
+
+def readable_versions(huey: VersionedHuey) -> dict[str, int]:
+    """For each logical task that every live consumer knows, the lowest of their
+    versions: the highest version all of them read. Empty with no live consumer."""
+    return versions_all_read(live_workers(huey))
+
+
+def versions_all_read(workers: list[WorkerInfo]) -> dict[str, int]:
+    """The highest version of each task that every one of ``workers`` reads."""
+    if not workers:
+        return {}
+    names = set(workers[0].tasks).intersection(*(w.tasks for w in workers[1:]))
+    return {name: min(w.tasks[name] for w in workers) for name in sorted(names)}
+
+
+# -- publishing ---------------------------------------------------------------------------
+
+
+class Heartbeat:
+    """Publishes one consumer's record now and every ``interval`` seconds, until stopped."""
+
+    def __init__(self, huey: VersionedHuey, board: _Board, interval: float) -> None:
+        self.huey = huey
+        self.board = board
+        self.interval = float(interval)
+        host = socket.gethostname()
+        self.id = f"{host}:{os.getpid()}:{secrets.token_hex(4)}"
+        self._host = host
+        self._started_at: float | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return f"<Heartbeat {self.id} every {self.interval:g}s>"
+
+    def record(self, now: float) -> bytes:
+        """This consumer's record as published at ``now``."""
+        if self._started_at is None:
+            self._started_at = now
+        return orjson.dumps(
+            {
+                "id": self.id,
+                "host": self._host,
+                "pid": os.getpid(),
+                "started_at": self._started_at,
+                "last_seen": now,
+                "interval": self.interval,
+                "build": self.huey._writer.build,
+                "tasks": {name: spec.version for name, spec in self.huey.schema.specs.items()},
+                "library": __version__,
+            }
+        )
+
+    def beat(self) -> None:
+        """Publish the record once."""
+        self.board.publish(self.id, self.record(self.board.now()), self.interval)
+
+    def start(self) -> None:
+        """Publish now, then from a daemon thread every interval."""
+        self._safely(self.beat)
+        self._thread = threading.Thread(
+            target=self._run, name=f"versioned-tasks-heartbeat-{self.id}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._safely(self.beat)
+
+    def stop(self) -> None:
+        """Stop publishing and remove the record."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(_JOIN_TIMEOUT)
+        self._safely(lambda: self.board.remove(self.id))
+
+    def _safely(self, action: Callable[[], None]) -> None:
+        # A storage hiccup must never stop the consumer: the record just ages,
+        # and a consumer absent from the fleet only makes producers cautious.
+        try:
+            action()
+        except Exception:
+            logger.warning("Fleet heartbeat of %s failed.", self.id, exc_info=True)
+
+
+class FleetConsumer(Consumer):  # type: ignore[misc]
+    """Huey's consumer, publishing a heartbeat between ``start()`` and ``stop()``."""
+
+    def __init__(self, huey: VersionedHuey, *, heartbeat: Heartbeat, **options: Any) -> None:
+        self.heartbeat = heartbeat
+        super().__init__(huey, **options)
+
+    def start(self) -> None:
+        """Start the workers and the scheduler, then the heartbeat."""
+        super().start()
+        self.heartbeat.start()
+
+    def stop(self, graceful: bool = False) -> None:
+        """Stop as Huey does, then stop the heartbeat and remove this consumer's record."""
+        try:
+            super().stop(graceful)
+        finally:
+            self.heartbeat.stop()
