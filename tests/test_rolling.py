@@ -40,6 +40,7 @@ from versioned_tasks import (
     VersionedTaskError,
 )
 from versioned_tasks._lock import build_lock, write_lock
+from versioned_tasks._rolling import HandOffs
 
 MakeHuey = Callable[..., VersionedHuey]
 TASK = "shop.charge"
@@ -378,6 +379,38 @@ def test_a_message_older_than_the_max_age_is_dead_lettered_not_deferred(
     assert "was deferred until it was 600s old" in entry.error
     assert scheduled(old) == []
     assert got == []
+
+
+def test_a_scheduled_message_ages_from_when_it_came_due(make_huey: MakeHuey) -> None:
+    """A message scheduled weeks ahead is not past max age the moment it comes due:
+    its age counts from its eta, so an old worker hands it on instead."""
+    header, body = SERIALIZER.unpack(aged(newer_message(make_huey), 3600))
+    due = app_now()
+    header["eta"] = due.isoformat()
+    raw = SERIALIZER.pack(header, body)
+    old = make_huey(newer_version_max_age=600)
+    declare_v2(old)
+    old.storage.add_to_schedule(raw, due)
+
+    assert old.read_schedule(far_future()) == []
+
+    assert len(old.dead_letters) == 0
+    assert [bytes(item) for item in old.storage.enqueued_items()] == [raw]
+
+
+def test_a_full_hand_off_memory_defers_at_once_and_never_spins() -> None:
+    """With its memory full of recent hand-offs, a worker defers a newer message at
+    once instead of forgetting an id that may still come round (which would hand
+    the same messages back forever)."""
+    hand_offs = HandOffs(size=2)
+    assert hand_offs.first_meeting("a") is True
+    assert hand_offs.first_meeting("b") is True
+    assert hand_offs.first_meeting("c") is False  # full: defer "c" now
+    assert hand_offs.first_meeting("a") is False  # "a" came round: defer it
+    assert hand_offs.first_meeting("c") is True  # room again
+    stale = HandOffs(size=1, ttl=-1.0)  # every hand-off is already old
+    assert stale.first_meeting("x") is True
+    assert stale.first_meeting("y") is True  # "x" is old enough to forget
 
 
 def test_a_newer_message_without_an_enqueue_time_is_dead_lettered(make_huey: MakeHuey) -> None:

@@ -112,6 +112,8 @@ class Newer:
     detail: str
     #: The message's Huey task id, when its header has one.
     id: str | None = None
+    #: When it was due (the header's naive ``eta``, in the app's clock), if scheduled.
+    eta: datetime.datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,6 +243,7 @@ class Reader:
                 f"{'' if defer.task == name else f' (a callback of {name!r})'} is newer "
                 f"than this worker knows (version {defer.known})",
                 _str_or_none(header.get("id")),
+                _eta_or_none(header.get("eta")),
             )
 
     def _older_value(self, spec: TaskSpec, version: int, body: bytes) -> Any:
@@ -573,6 +576,13 @@ def _build_task(
 
 def _seconds(value: Any) -> bool:
     return type(value) in _NUMBER and 0 <= value <= _MAX_SECONDS
+
+
+def _eta_or_none(value: Any) -> datetime.datetime | None:
+    try:
+        return _datetime(value, "eta")
+    except _Reject:
+        return None
 
 
 def _datetime(value: Any, key: str) -> datetime.datetime | None:

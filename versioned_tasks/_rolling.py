@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_NEWER_VERSION_MAX_DELAY",
     "EMIT_VERSIONS_ENV",
     "HAND_OFF_MEMORY",
+    "HAND_OFF_TTL",
     "AutoEmit",
     "HandOffs",
     "LockSchemas",
@@ -57,6 +58,8 @@ EMIT_VERSIONS_ENV: Final = "VERSIONED_TASKS_EMIT_VERSIONS"
 AUTO_EMIT_TTL: Final = 5.0
 #: How many handed-off message ids a process remembers.
 HAND_OFF_MEMORY: Final = 10_000
+#: Seconds after which a hand-off is forgotten (its message was surely taken).
+HAND_OFF_TTL: Final = 600.0
 
 EmitVersions = dict[str, int] | Literal["auto"]
 
@@ -165,8 +168,12 @@ class NewerVersionPolicy:
                 f"{newer.detail}, and it has no enqueue time ('at') to bound its deferral; "
                 f"deploy the newer code and replay.",
             )
-        # A producer's clock ahead of ours must not make a message look young forever.
+        # A producer's clock ahead of ours must not make a message look young
+        # forever. A scheduled message ages from when it came due, not from
+        # when it was enqueued weeks before.
         age = max(time.time() - newer.enqueued_at, 0.0)
+        if newer.eta is not None:
+            age = min(age, max((now - newer.eta).total_seconds(), 0.0))
         if age > self.max_age:
             return DeadLetterAction(
                 "newer_version",
@@ -194,22 +201,31 @@ class HandOffs:
     an entry early costs one extra hand-off, never a message.
     """
 
-    def __init__(self, size: int = HAND_OFF_MEMORY) -> None:
+    def __init__(self, size: int = HAND_OFF_MEMORY, ttl: float = HAND_OFF_TTL) -> None:
         self._size = size
-        self._ids: dict[str, None] = {}
+        self._ttl = ttl
+        self._ids: dict[str, float] = {}  # id -> when handed back, oldest first
         self._lock = threading.Lock()
 
     def first_meeting(self, ident: str | None) -> bool:
-        """True (and remembered) the first time; False, and forgotten, the second."""
+        """True (and remembered) the first time; False, and forgotten, the second.
+
+        Also False when the memory is full of recent hand-offs: the message is
+        deferred at once. An id is never forgotten while it may still come
+        round, which would hand the same messages back forever.
+        """
         if ident is None:
             return False
         with self._lock:
-            if ident in self._ids:
-                del self._ids[ident]
+            if self._ids.pop(ident, None) is not None:
                 return False
-            self._ids[ident] = None
-            if len(self._ids) > self._size:
-                del self._ids[next(iter(self._ids))]
+            if len(self._ids) >= self._size:
+                stale = time.monotonic() - self._ttl
+                while self._ids and next(iter(self._ids.values())) < stale:
+                    del self._ids[next(iter(self._ids))]
+                if len(self._ids) >= self._size:
+                    return False
+            self._ids[ident] = time.monotonic()
             return True
 
 
