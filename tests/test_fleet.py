@@ -4,7 +4,6 @@ heartbeat; readers see the live ones and the highest version all of them read.
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import json
 import os
@@ -12,9 +11,8 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from click.testing import CliRunner
 from conftest import REDIS_URL, MakeHuey, require_redis
 from huey.consumer import Consumer
 from huey.storage import BlackHoleStorage
+from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     ConfigurationError,
@@ -34,38 +33,7 @@ from versioned_tasks import (
 )
 from versioned_tasks._cli import main
 
-CONSUMER_OPTIONS: dict[str, Any] = {
-    "workers": 1,
-    "worker_type": "thread",
-    "periodic": False,
-    "initial_delay": 0.02,
-    "max_delay": 0.1,
-    "check_worker_health": False,
-}
-_SIGNALS = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
 INTERVAL = 0.5  # stale after 1.5 s: room for a starved heartbeat on a busy machine
-
-
-@contextlib.contextmanager
-def running_consumer(app: VersionedHuey) -> Iterator[Any]:
-    """Start a consumer, and stop it (restoring signal handlers) however the test ends."""
-    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    consumer = app.create_consumer(**CONSUMER_OPTIONS)
-    consumer.start()
-    try:
-        yield consumer
-    finally:
-        consumer.stop(graceful=True)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
@@ -107,7 +75,7 @@ def test_a_consumer_appears_with_its_tasks_and_is_removed_on_stop(redis_queue: s
     app = app_at(redis_queue, 2, build="2024.06.1")
     assert app.fleet_enabled
     assert app.fleet() == []
-    with running_consumer(app):
+    with running_consumer(app, workers=1):
         [worker] = app.fleet()
         assert worker.pid == os.getpid()
         assert worker.id.startswith(f"{worker.host}:{os.getpid()}:")
@@ -126,10 +94,10 @@ def test_readable_versions_is_the_lowest_version_every_live_worker_runs(redis_qu
     one knows is left out. A producer without a consumer sees the same."""
     old, new = app_at(redis_queue, 2, build="old"), app_at(redis_queue, 3, build="new")
     producer = VersionedRedisHuey(redis_queue, url=REDIS_URL, fleet=False)
-    with running_consumer(old), running_consumer(new):
+    with running_consumer(old, workers=1), running_consumer(new, workers=1):
         assert sorted(w.build for w in live_workers(producer)) == ["new", "old"]
         assert readable_versions(producer) == {"billing.send_invoice": 2, "shop.ship": 1}
-    with running_consumer(new):
+    with running_consumer(new, workers=1):
         assert readable_versions(producer) == {
             "audit.record": 1,
             "billing.send_invoice": 3,
@@ -209,7 +177,7 @@ def test_fleet_true_publishes_on_every_backend(make_huey: MakeHuey) -> None:
     def send_invoice(invoice_id: int) -> None: ...
 
     reader = make_huey()
-    with running_consumer(app):
+    with running_consumer(app, workers=1):
         [worker] = reader.fleet()
         assert (worker.build, dict(worker.tasks)) == ("b7", {"billing.send_invoice": 4})
         assert readable_versions(reader) == {"billing.send_invoice": 4}
@@ -222,7 +190,7 @@ def test_fleet_is_off_by_default_except_on_redis(make_huey: MakeHuey, backend: s
     """fleet=None: Redis consumers publish, the others run Huey's plain consumer."""
     app = make_huey()
     assert app.fleet_enabled is (backend == "redis")
-    with running_consumer(app) as consumer:
+    with running_consumer(app, workers=1) as consumer:
         assert (type(consumer) is Consumer) is (backend != "redis")
         assert len(app.fleet()) == (1 if backend == "redis" else 0)
 
@@ -230,7 +198,7 @@ def test_fleet_is_off_by_default_except_on_redis(make_huey: MakeHuey, backend: s
 def test_fleet_false_turns_publishing_off_on_redis(redis_queue: str) -> None:
     """fleet=False: no record, even on Redis."""
     app = VersionedRedisHuey(redis_queue, url=REDIS_URL, blocking=False, fleet=False)
-    with running_consumer(app):
+    with running_consumer(app, workers=1):
         assert app.fleet() == []
 
 
@@ -274,7 +242,7 @@ def run(*args: str) -> Any:
 def test_cli_fleet_lists_live_consumers_and_versions(cli_app: Any, redis_queue: str) -> None:
     """--json: the workers, per task the version each runs, and what all of them read."""
     old = app_at(redis_queue, 2, build="old")
-    with running_consumer(cli_app.huey), running_consumer(old):
+    with running_consumer(cli_app.huey), running_consumer(old, workers=1):
         result = run("fleet", "--app", f"{cli_app.__name__}:huey", "--json")
         text = run("fleet", "--app", f"{cli_app.__name__}:huey")
     assert result.exit_code == 0, result.output

@@ -9,12 +9,10 @@ test share one queue, one playing the old release (version 2 of
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import math
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +23,7 @@ import orjson
 import pytest
 from conftest import REDIS_URL, require_redis
 from huey.signals import SIGNAL_ENQUEUED
+from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     SIGNAL_DEFERRED,
@@ -991,39 +990,6 @@ def test_auto_from_the_environment_without_live_workers_writes_todays_version(
 # -- "auto": what the live workers read ------------------------------------------------------
 
 
-CONSUMER_OPTIONS: dict[str, Any] = {
-    "workers": 1,
-    "worker_type": "thread",
-    "periodic": False,
-    "initial_delay": 0.02,
-    "max_delay": 0.1,
-    "scheduler_interval": 1,
-    "check_worker_health": False,
-}
-_SIGNALS = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
-
-
-@contextlib.contextmanager
-def running(app: VersionedHuey) -> Iterator[Any]:
-    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    consumer = app.create_consumer(**CONSUMER_OPTIONS)
-    consumer.start()
-    try:
-        yield consumer
-    finally:
-        consumer.stop(graceful=True)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
 @pytest.fixture
 def redis_queue(queue_name: str) -> Iterator[str]:
     require_redis()
@@ -1051,7 +1017,7 @@ def test_auto_writes_the_version_every_live_worker_reads(redis_queue: str) -> No
     producer = VersionedRedisHuey(redis_queue, url=REDIS_URL, emit_versions="auto")
     charge = declare_v3(producer)
 
-    with running(old):
+    with running_consumer(old, workers=1):
         wait_for(lambda: len(producer.fleet()) == 1)
         charge(7, 1200)
         assert done.wait(10)
@@ -1094,7 +1060,10 @@ def test_auto_never_writes_above_todays_version_nor_where_the_chain_stops(
     def drop_reason(payload: dict[str, Any]) -> dict[str, Any]:
         return {"order_id": payload["order_id"]}
 
-    with caplog.at_level(logging.WARNING, logger="versioned_tasks"), running(newer):
+    with (
+        caplog.at_level(logging.WARNING, logger="versioned_tasks"),
+        running_consumer(newer, workers=1),
+    ):
         wait_for(lambda: len(producer.fleet()) == 1)
         # Written, not enqueued: the running consumer must not take them.
         data = [
