@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, TypeVar
 
 import orjson
 from huey.storage import (
@@ -264,8 +264,12 @@ def _eta(value: Any) -> float | None:
 _Chunk: TypeAlias = Sequence[tuple[bytes, float | None]]
 
 
-def _chunks_of(items: Iterable[tuple[bytes, float | None]], size: int) -> Iterator[_Chunk]:
-    chunk: list[tuple[bytes, float | None]] = []
+_T = TypeVar("_T")
+
+
+def _chunks_of(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+    """``items`` in lists of ``size`` (the last one shorter)."""
+    chunk: list[_T] = []
     for item in items:
         chunk.append(item)
         if len(chunk) >= size:
@@ -485,14 +489,7 @@ def _dead_files(backend: FileBackend, size: int) -> Iterator[_DeadChunk]:
                     continue
                 yield _dead_meta(line), 1
 
-    chunk: _DeadChunk = []
-    for item in entries():
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+    yield from _chunks_of(entries(), size)
 
 
 def dead_letter_chunks(storage: Any, size: int = DEFAULT_CHUNK) -> Iterator[_DeadChunk]:

@@ -109,6 +109,10 @@ def unpickle(raw: bytes) -> Any:
     """
     data = _decompress(bytes(raw))
     try:
+        # The only unpickling in versioned_tasks. Reached only when the user
+        # opted in: VersionedHuey(legacy_pickle=...) builds the converter and
+        # the value serializer that call this, and migrate-queue refuses to run
+        # without that option or --legacy-pickle. Off by default, warned about.
         return pickle.loads(data)
     except Exception as exc:
         raise DecodeError(
@@ -243,7 +247,7 @@ class LegacyConverter:
     def convert(self, raw: bytes) -> bytes | Rejected:
         """Envelope bytes for a legacy message, or why it cannot become one."""
         try:
-            message = unpickle(raw)
+            message = unpickle(raw)  # opted in: this converter exists only then
         except DecodeError as exc:
             return Rejected("undecodable", None, None, str(exc))
         if not isinstance(message, Message):
@@ -477,7 +481,7 @@ class LegacyValueSerializer:
     def deserialize(self, data: bytes) -> Any:
         """Read an envelope, or a value Huey pickled before the switch."""
         if is_legacy(data):
-            return unpickle(data)
+            return unpickle(data)  # opted in: installed only with legacy_pickle
         return self.serializer.deserialize(data)
 
 
