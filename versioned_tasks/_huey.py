@@ -855,7 +855,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             try:
                 decision = self._decide(raw, from_schedule=False)
                 if isinstance(decision, Task):
-                    return decision
+                    return remember_dequeued(decision, raw)
                 self._act(raw, decision)
             except Exception:
                 # The dead-letter or schedule write failed: keep the bytes.
@@ -1076,6 +1076,22 @@ def _callback_ids(task: Task) -> frozenset[str]:
         if step is not None:
             ids.add(step.id)
     return frozenset(ids)
+
+
+def remember_dequeued(task: Task, raw: bytes) -> Task:
+    """Keep on ``task`` the exact bytes it was dequeued from (see :func:`dequeued_bytes`)."""
+    task.__dict__["_vt_dequeued"] = raw
+    return task
+
+
+def dequeued_bytes(task: Task) -> bytes | None:
+    """The exact bytes ``task`` was dequeued from in this worker, or None.
+
+    A task that fails after the pop (an unreadable revocation record, say) is
+    dead-lettered with these bytes rather than with a re-encoding of itself.
+    """
+    raw: bytes | None = task.__dict__.get("_vt_dequeued")
+    return raw
 
 
 def _plain_name(task: Task) -> str:

@@ -55,6 +55,7 @@ class AtomicSqlite:
             if not self._take(row_id, raw, priority, decision):
                 continue  # another worker took it first
             if isinstance(decision, Task):
+                decision.__dict__["_vt_dequeued"] = raw  # see _huey.dequeued_bytes
                 return decision
             if isinstance(decision, HandlerAction):
                 self._run_handler(raw, decision, act, rescue)
