@@ -2,7 +2,7 @@
 
 The read pipeline says what a message is; these say what to do with it. They
 are plain values so that a storage can carry them out inside the same
-transaction as the pop (see ``_sqlite.py``) or one by one.
+transaction as the pop (see ``_atomic.py``) or one by one.
 """
 
 from __future__ import annotations

@@ -42,9 +42,10 @@ from ._actions import (
     RequeueAction,
 )
 from ._actions import Action as _Action
+from ._atomic import AtomicSql, atomic_for
 from ._census import CensusRow, take_census
 from ._codec import register_model
-from ._deadletters import DeadLetterStore, SqliteBackend, backend_for
+from ._deadletters import DeadLetterStore, backend_for
 from ._fleet import (
     DEFAULT_FLEET_INTERVAL,
     FleetConsumer,
@@ -79,7 +80,6 @@ from ._rolling import (
 )
 from ._schema import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
 from ._serializer import VersionedSerializer
-from ._sqlite import AtomicSqlite
 from .exceptions import (
     ConfigurationError,
     DecodeError,
@@ -269,7 +269,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters: DeadLetterStore | None = None
         self._dead_letters_storage: Any = None
         self._dead_letters_lock = threading.Lock()
-        self._atomic_sqlite: AtomicSqlite | None = None
+        self._atomic_sql: AtomicSql | None = None
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
         self._writer = Writer(self.schema, serializer.frame, app_build)
@@ -639,11 +639,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 backend = backend_for(self.storage)
                 self._dead_letters = DeadLetterStore(backend, self._replay)
                 self._dead_letters_storage = self.storage
-                self._atomic_sqlite = (
-                    AtomicSqlite(self.storage, backend)
-                    if isinstance(backend, SqliteBackend)
-                    else None
-                )
+                self._atomic_sql = atomic_for(self.storage, backend)
             return self._dead_letters
 
     def census(self, *, progress: Callable[[str, int], None] | None = None) -> list[CensusRow]:
@@ -885,11 +881,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return tasks
 
     @property
-    def _atomic(self) -> AtomicSqlite | None:
+    def _atomic(self) -> AtomicSql | None:
         # Only where the dead-letter table lives in the queue's own database.
         if self._dead_letters_storage is not self.storage:
-            self.dead_letters  # noqa: B018 - (re)opens the store and _atomic_sqlite with it
-        return self._atomic_sqlite
+            self.dead_letters  # noqa: B018 - (re)opens the store and _atomic_sql with it
+        return self._atomic_sql
 
     def _deserialize_all(self, messages: Iterable[bytes]) -> list[Task]:
         # pending() and scheduled(): read-only listings skip what cannot run.

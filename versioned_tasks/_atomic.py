@@ -1,0 +1,304 @@
+"""Pops from a SQL storage that settle a message that cannot run in the same transaction.
+
+Huey has no acknowledgement: a popped message is gone from storage, and a crash
+between the pop and the dead-letter write loses it. When the dead-letter table
+lives in the queue's own database (SQLite, PostgreSQL), that window can be
+closed: the row is deleted and the dead letter (or the deferral, or the
+requeue) written in one transaction, so a crash leaves either the message where
+it was or its dead letter, never neither.
+
+The read pipeline runs before that transaction, outside the storage's lock and
+holding no row lock: it has no side effects, and user code it calls
+(validators, upcasters) may then use the storage without deadlocking. The row
+is then deleted by id, and only the worker whose delete removed it goes on
+with it; when two workers read the same head, the other one reads the next.
+A runnable task costs one read and one single-statement delete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from huey.api import Task
+from huey.storage import PostgresStorage, SqliteStorage
+
+from ._actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from ._deadletters import PostgresBackend, SqliteBackend
+
+__all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite", "atomic_for"]
+
+logger = logging.getLogger("versioned_tasks")
+
+Decide = Callable[..., "Task | Action"]
+Act = Callable[[bytes, Action], None]
+Rescue = Callable[[bytes], None]
+
+
+def atomic_for(storage: Any, backend: Any) -> AtomicSql | None:
+    """The atomic pops for a storage whose dead letters share its database, else None."""
+    if isinstance(backend, SqliteBackend):
+        return AtomicSqlite(storage, backend)
+    if isinstance(backend, PostgresBackend):
+        return AtomicPostgres(storage, backend)
+    return None
+
+
+class AtomicSql:
+    """The worker's and the scheduler's pops, each settled in one SQL transaction.
+
+    Subclasses give the tables, the placeholder and how a row is named; the
+    statements and the flow are shared.
+    """
+
+    def __init__(
+        self, storage: Any, backend: Any, *, task: str, schedule: str, placeholder: str
+    ) -> None:
+        self._storage = storage
+        self._backend = backend
+        self._queue = storage.name
+        p = placeholder
+        this_task = self._this_row(p)
+        self._select_head = (
+            f"select id, data from {task} where queue = {p} order by priority desc, id limit 1"
+        )
+        self._delete_task = f"delete from {task} where {this_task}"
+        self._insert_task = f"insert into {task} (queue, data, priority) values ({p}, {p}, {p})"
+        self._select_due = (
+            f"select id, data from {schedule} where queue = {p} and timestamp <= {p} "
+            "order by timestamp, id"
+        )
+        self._delete_scheduled = f"delete from {schedule} where {self._this_row(p)}"
+        self._insert_scheduled = (
+            f"insert into {schedule} (queue, data, timestamp) values ({p}, {p}, {p})"
+        )
+
+    # -- what differs between drivers --------------------------------------------
+
+    @staticmethod
+    def _this_row(p: str) -> str:
+        """The where clause naming one popped row (its parameters: ``_row``)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _row(row_id: int, raw: bytes) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def _blob(self, raw: bytes) -> Any:
+        return raw
+
+    def _wait(self, since: float) -> bool:
+        """Wait for an enqueue after finding the queue empty at ``since``; False: give up."""
+        return False
+
+    def _requeued(self, cursor: Any) -> None:
+        """Called in the transaction that put a message back on the queue."""
+
+    # -- the worker --------------------------------------------------------------
+
+    def dequeue(self, decide: Decide, act: Act, rescue: Rescue) -> Task | None:
+        """Pop until a runnable task; what cannot run is settled with its pop."""
+        empty_since: float | None = None
+        while True:
+            head = self._head()
+            if head is None:
+                empty_since = empty_since or time.monotonic()
+                if self._wait(empty_since):
+                    continue
+                return None
+            row_id, raw = head
+            decision = decide(raw, from_schedule=False)
+            if not self._take(row_id, raw, decision):
+                continue  # another worker took it first
+            if isinstance(decision, Task):
+                decision.__dict__["_vt_dequeued"] = raw  # see _huey.dequeued_bytes
+                return decision
+            if isinstance(decision, HandlerAction):
+                self._run_handler(raw, decision, act, rescue)
+            elif isinstance(decision, DeferAction):
+                decision.done()  # committed: count it and send the signal
+
+    def _head(self) -> tuple[int, bytes] | None:
+        rows = self._storage.sql(self._select_head, (self._queue,), results=True)
+        if not rows:
+            return None
+        row_id, data = rows[0]
+        return row_id, bytes(data)
+
+    def _take(self, row_id: int, raw: bytes, decision: Any) -> bool:
+        """Delete the row and settle the decision in one transaction; False if gone."""
+        if isinstance(decision, Task | HandlerAction):
+            # One statement is a transaction of its own: no begin/commit.
+            with self._storage.db() as cursor:
+                cursor.execute(self._delete_task, self._row(row_id, raw))
+                return bool(cursor.rowcount == 1)
+        self._backend.ensure_table()
+        try:
+            with self._storage.db(commit=True) as cursor:
+                cursor.execute(self._delete_task, self._row(row_id, raw))
+                if cursor.rowcount != 1:
+                    return False
+                self._apply(cursor, raw, decision)
+                return True
+        except Exception:
+            # Rolled back, so the message is still queued. Move it behind the
+            # others, as the generic path does, so that a broken dead-letter
+            # table does not keep it at the head.
+            self._to_tail(row_id, raw)
+            raise
+
+    def _to_tail(self, row_id: int, raw: bytes) -> None:
+        try:
+            with self._storage.db(commit=True) as cursor:
+                cursor.execute(self._delete_task, self._row(row_id, raw))
+                if cursor.rowcount == 1:
+                    cursor.execute(self._insert_task, (self._queue, self._blob(raw), 0))
+        except Exception:
+            logger.exception("Could not move a message that cannot be settled to the tail.")
+
+    @staticmethod
+    def _run_handler(raw: bytes, action: HandlerAction, act: Act, rescue: Rescue) -> None:
+        # The row is already gone: a handler that fails and then a dead-letter
+        # write that fails too must not lose the bytes.
+        try:
+            act(raw, action)
+        except Exception:
+            rescue(raw)
+            raise
+
+    # -- the scheduler -----------------------------------------------------------
+
+    def read_schedule(self, timestamp: Any, decide: Decide) -> list[Task]:
+        """Pop the due messages; each one that cannot run is settled in the same transaction.
+
+        A message whose dead-letter write fails stays on the schedule, untouched,
+        and the others go ahead.
+        """
+        rows = self._storage.sql(
+            self._select_due, (self._queue, timestamp.timestamp()), results=True
+        )
+        if not rows:
+            return []
+        decided = [(row_id, raw, decide(raw, from_schedule=True)) for row_id, raw in _bytes(rows)]
+        if not all(isinstance(decision, Task) for _, _, decision in decided):
+            try:
+                self._backend.ensure_table()
+            except Exception:
+                logger.exception("The dead-letter table is not usable; bad messages stay put.")
+        tasks: list[Task] = []
+        deferred: list[DeferAction] = []
+        with self._storage.db(commit=True) as cursor:
+            for row_id, raw, decision in decided:
+                if isinstance(decision, Task):
+                    cursor.execute(self._delete_scheduled, self._row(row_id, raw))
+                    if cursor.rowcount == 1:
+                        tasks.append(decision)
+                elif self._settle(cursor, row_id, raw, decision) and isinstance(
+                    decision, DeferAction
+                ):
+                    deferred.append(decision)
+        for action in deferred:
+            action.done()  # committed, and the storage's lock released
+        return tasks
+
+    def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> bool:
+        cursor.execute("savepoint vt_settle")
+        try:
+            cursor.execute(self._delete_scheduled, self._row(row_id, raw))
+            if cursor.rowcount == 1:
+                self._apply(cursor, raw, action)
+                return True
+        except Exception:
+            cursor.execute("rollback to savepoint vt_settle")
+            logger.exception("Could not settle a scheduled message; it stays on the schedule.")
+        finally:
+            cursor.execute("release savepoint vt_settle")
+        return False
+
+    # -- both --------------------------------------------------------------------
+
+    def _apply(self, cursor: Any, raw: bytes, action: Action) -> None:
+        if isinstance(action, DeadLetterAction):
+            entry = self._backend.insert(cursor, raw, action)
+            action.log(entry.id)
+        elif isinstance(action, DeferAction):
+            cursor.execute(
+                self._insert_scheduled, (self._queue, self._blob(raw), action.eta.timestamp())
+            )
+            action.log()
+        elif isinstance(action, RequeueAction):
+            cursor.execute(self._insert_task, (self._queue, self._blob(raw), action.priority or 0))
+            self._requeued(cursor)
+
+
+class AtomicSqlite(AtomicSql):
+    """On a SqliteStorage: its ``task`` and ``schedule`` tables."""
+
+    def __init__(self, storage: SqliteStorage, backend: SqliteBackend) -> None:
+        super().__init__(storage, backend, task="task", schedule="schedule", placeholder="?")
+
+    @staticmethod
+    def _this_row(p: str) -> str:
+        # By id AND bytes: SQLite reuses a freed rowid, so the id alone could
+        # name a message enqueued after another worker took ours.
+        return f"id = {p} and data = {p}"
+
+    @staticmethod
+    def _row(row_id: int, raw: bytes) -> tuple[Any, ...]:
+        return (row_id, raw)
+
+    def _blob(self, raw: bytes) -> Any:
+        return self._storage.to_blob(raw)
+
+
+class AtomicPostgres(AtomicSql):
+    """On a PostgresStorage: its ``<prefix>_task`` and ``<prefix>_schedule`` tables.
+
+    An empty queue blocks as the storage's own ``dequeue()`` does: with
+    ``blocking=True`` the worker waits on the queue's LISTEN channel for up to
+    ``read_timeout`` seconds rather than polling.
+
+    The head is read without ``for update skip locked``: a row lock is written
+    to the row and makes the read a transaction to flush at commit, which a
+    runnable task would pay for every time. Without it, a worker that reads a
+    head another worker is taking only loses the delete and reads the next one.
+    """
+
+    def __init__(self, storage: PostgresStorage, backend: PostgresBackend) -> None:
+        super().__init__(
+            storage,
+            backend,
+            task=storage.table_task,
+            schedule=storage.table_schedule,
+            placeholder="%s",
+        )
+
+    @staticmethod
+    def _this_row(p: str) -> str:
+        # A bigserial id is never reused: the id alone names the row.
+        return f"id = {p}"
+
+    @staticmethod
+    def _row(row_id: int, raw: bytes) -> tuple[Any, ...]:
+        return (row_id,)
+
+    def _wait(self, since: float) -> bool:
+        storage = self._storage
+        if not storage.blocking:
+            return False
+        timeout = since + storage.read_timeout - time.monotonic()
+        if timeout <= 0:
+            return False
+        # The storage's per-thread LISTEN connection, as its dequeue() uses.
+        conn = storage._listen_conn()
+        return bool(list(conn.notifies(timeout=timeout, stop_after=1)))
+
+    def _requeued(self, cursor: Any) -> None:
+        # Wake the waiting workers, as Huey's enqueue does; sent at commit.
+        cursor.execute("select pg_notify(%s, %s)", (self._storage.channel, ""))
+
+
+def _bytes(rows: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
+    return [(row_id, bytes(data)) for row_id, data in rows]
