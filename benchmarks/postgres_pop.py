@@ -11,7 +11,9 @@ Two ways to pop, timed in the same run against the same server:
   and write its dead letter in one transaction (a message that cannot run).
 
 For each, ``good`` times ``dequeue()`` + ``execute()`` of a trivial task per
-message, and ``bad`` times ``dequeue()`` dead-lettering undecodable messages.
+message, and ``bad`` times ``dequeue()`` dead-lettering undecodable messages;
+``sched-good`` and ``sched-bad`` time one ``read_schedule()`` of that many due
+messages (the scheduler's pop), per message.
 Each timing is the mean over ``--messages`` messages enqueued beforehand (not
 timed); ``--repeat`` rounds interleave the cases and the best and the median
 are reported. The queue's rows are removed at the end.
@@ -25,6 +27,7 @@ need updating when that changes.
 from __future__ import annotations
 
 import argparse
+import datetime
 import logging
 import statistics
 import time
@@ -84,6 +87,30 @@ def time_bad(bench: Bench, n: int) -> float:
     return elapsed / n
 
 
+def time_schedule_good(bench: Bench, n: int) -> float:
+    due = datetime.datetime(2000, 1, 1)
+    for i in range(n):
+        bench.app.add_schedule(bench.noop.s(i, eta=due))
+    start = time.perf_counter()
+    tasks = bench.app.read_schedule(datetime.datetime(2100, 1, 1))
+    elapsed = time.perf_counter() - start
+    assert len(tasks) == n
+    return elapsed / n
+
+
+def time_schedule_bad(bench: Bench, n: int) -> float:
+    app = bench.app
+    before = len(app.dead_letters)
+    due = datetime.datetime(2000, 1, 1)
+    for i in range(n):
+        app.storage.add_to_schedule(JUNK % i, due)
+    start = time.perf_counter()
+    assert app.read_schedule(datetime.datetime(2100, 1, 1)) == []
+    elapsed = time.perf_counter() - start
+    assert len(app.dead_letters) == before + n
+    return elapsed / n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/test")
@@ -99,6 +126,8 @@ def main() -> None:
     cases: dict[str, Callable[[Bench, int], float]] = {
         "good": time_good,
         "bad": time_bad,
+        "sched-good": time_schedule_good,
+        "sched-bad": time_schedule_bad,
     }
     timings: dict[tuple[str, str], list[float]] = {}
     try:
@@ -114,10 +143,10 @@ def main() -> None:
             app.storage.close()
 
     print(f"{args.messages} messages x {args.repeat} rounds, microseconds per message")
-    print(f"{'case':<6} {'mode':<9} {'best':>8} {'median':>8}")
+    print(f"{'case':<10} {'mode':<9} {'best':>8} {'median':>8}")
     for (case, mode), values in timings.items():
         best, median = min(values) * 1e6, statistics.median(values) * 1e6
-        print(f"{case:<6} {mode:<9} {best:>8.1f} {median:>8.1f}")
+        print(f"{case:<10} {mode:<9} {best:>8.1f} {median:>8.1f}")
 
 
 if __name__ == "__main__":

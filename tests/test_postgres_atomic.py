@@ -406,3 +406,31 @@ def test_a_blocking_dequeue_on_a_queue_that_stays_empty_returns_none_after_one_r
 
     assert app.dequeue() is None
     assert len(heads) == 1
+
+
+def test_a_scheduler_passes_over_due_rows_another_scheduler_holds(tables: Tables) -> None:
+    """Rows locked by another scheduler's open transaction are left to it, not waited
+    for; once that transaction ends without taking them, the next read takes them."""
+    app = tables.app()
+
+    @app.versioned_task(version=1, name="sched.job")
+    def job(n: int) -> None: ...
+
+    due = datetime.datetime(2000, 1, 1)
+    app.add_schedule(job.s(1, eta=due))
+    app.storage.add_to_schedule(JUNK, due)
+    app.add_schedule(job.s(2, eta=due))
+    held = tables.connect()
+    held.execute(
+        f"select id from {tables.table('schedule')} where data = %s or data = %s for update",
+        (JUNK, app.storage.scheduled_items()[0]),
+    )
+
+    first = app.read_schedule(datetime.datetime(2100, 1, 1))
+    held.rollback()
+    second = app.read_schedule(datetime.datetime(2100, 1, 1))
+
+    assert [task.kwargs for task in first] == [{"n": 2}]
+    assert [task.kwargs for task in second] == [{"n": 1}]
+    assert [entry.raw for entry in app.dead_letters] == [JUNK]
+    assert app.scheduled_count() == 0

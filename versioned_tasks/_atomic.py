@@ -35,6 +35,7 @@ logger = logging.getLogger("versioned_tasks")
 Decide = Callable[..., "Task | Action"]
 Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
+_Decided = tuple[int, bytes, "Task | Action"]
 
 
 def atomic_for(storage: Any, backend: Any) -> AtomicSql | None:
@@ -190,10 +191,12 @@ class AtomicSql:
         tasks: list[Task] = []
         deferred: list[DeferAction] = []
         with self._storage.db(commit=True) as cursor:
-            for row_id, raw, decision in decided:
+            held = self._claim(cursor, decided)
+            runnable = [(row_id, raw) for row_id, raw, d in held if isinstance(d, Task)]
+            taken = self._take_due(cursor, runnable)
+            for row_id, raw, decision in held:
                 if isinstance(decision, Task):
-                    cursor.execute(self._delete_scheduled, self._row(row_id, raw))
-                    if cursor.rowcount == 1:
+                    if row_id in taken:
                         tasks.append(decision)
                 elif self._settle(cursor, row_id, raw, decision) and isinstance(
                     decision, DeferAction
@@ -202,6 +205,19 @@ class AtomicSql:
         for action in deferred:
             action.done()  # committed, and the storage's lock released
         return tasks
+
+    def _claim(self, cursor: Any, decided: list[_Decided]) -> list[_Decided]:
+        """The due rows this transaction may take (all of them, unless a subclass locks)."""
+        return decided
+
+    def _take_due(self, cursor: Any, rows: list[tuple[int, bytes]]) -> set[int]:
+        """Delete the runnable due rows; the ids of those this transaction deleted."""
+        taken = set()
+        for row_id, raw in rows:
+            cursor.execute(self._delete_scheduled, self._row(row_id, raw))
+            if cursor.rowcount == 1:
+                taken.add(row_id)
+        return taken
 
     def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> bool:
         cursor.execute("savepoint vt_settle")
@@ -294,6 +310,27 @@ class AtomicPostgres(AtomicSql):
         # The storage's per-thread LISTEN connection, as its dequeue() uses.
         conn = storage._listen_conn()
         return bool(list(conn.notifies(timeout=timeout, stop_after=1)))
+
+    def _claim(self, cursor: Any, decided: list[_Decided]) -> list[_Decided]:
+        # Lock the batch up front, skipping rows another scheduler holds (it
+        # takes them): schedulers never wait for each other, and never lock
+        # rows in orders that could deadlock.
+        cursor.execute(
+            f"select id from {self._storage.table_schedule} "
+            "where id = any(%s) for update skip locked",
+            ([row_id for row_id, _, _ in decided],),
+        )
+        held = {row_id for (row_id,) in cursor.fetchall()}
+        return [row for row in decided if row[0] in held]
+
+    def _take_due(self, cursor: Any, rows: list[tuple[int, bytes]]) -> set[int]:
+        if not rows:
+            return set()
+        cursor.execute(
+            f"delete from {self._storage.table_schedule} where id = any(%s) returning id",
+            ([row_id for row_id, _ in rows],),
+        )
+        return {row_id for (row_id,) in cursor.fetchall()}
 
     def _requeued(self, cursor: Any) -> None:
         # Wake the waiting workers, as Huey's enqueue does; sent at commit.
