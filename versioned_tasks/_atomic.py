@@ -61,17 +61,17 @@ class AtomicSql:
         self._backend = backend
         self._queue = storage.name
         p = placeholder
-        this_task = self._this_row(p)
+        this_row = self._this_row(p)
         self._select_head = (
             f"select id, data from {task} where queue = {p} order by priority desc, id limit 1"
         )
-        self._delete_task = f"delete from {task} where {this_task}"
+        self._delete_task = f"delete from {task} where {this_row}"
         self._insert_task = f"insert into {task} (queue, data, priority) values ({p}, {p}, {p})"
         self._select_due = (
             f"select id, data from {schedule} where queue = {p} and timestamp <= {p} "
             "order by timestamp, id"
         )
-        self._delete_scheduled = f"delete from {schedule} where {self._this_row(p)}"
+        self._delete_scheduled = f"delete from {schedule} where {this_row}"
         self._insert_scheduled = (
             f"insert into {schedule} (queue, data, timestamp) values ({p}, {p}, {p})"
         )
@@ -135,8 +135,8 @@ class AtomicSql:
             with self._storage.db() as cursor:
                 cursor.execute(self._delete_task, self._row(row_id, raw))
                 return bool(cursor.rowcount == 1)
-        self._backend.ensure_table()
         try:
+            self._backend.ensure_table()
             with self._storage.db(commit=True) as cursor:
                 cursor.execute(self._delete_task, self._row(row_id, raw))
                 if cursor.rowcount != 1:
@@ -144,9 +144,9 @@ class AtomicSql:
                 self._apply(cursor, raw, decision)
                 return True
         except Exception:
-            # Rolled back, so the message is still queued. Move it behind the
-            # others, as the generic path does, so that a broken dead-letter
-            # table does not keep it at the head.
+            # Rolled back (or never begun), so the message is still queued.
+            # Move it behind the others, as the generic path does, so that a
+            # broken dead-letter table does not keep it at the head.
             self._to_tail(row_id, raw)
             raise
 
