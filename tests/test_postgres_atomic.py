@@ -434,3 +434,23 @@ def test_a_scheduler_passes_over_due_rows_another_scheduler_holds(tables: Tables
     assert [task.kwargs for task in second] == [{"n": 1}]
     assert [entry.raw for entry in app.dead_letters] == [JUNK]
     assert app.scheduled_count() == 0
+
+
+def test_a_message_whose_task_name_holds_a_nul_is_dead_lettered_with_its_exact_bytes(
+    tables: Tables,
+) -> None:
+    """PostgreSQL text cannot hold NUL: the entry's task name shows U+FFFD instead,
+    and the bytes, in a bytea column, stay exact."""
+    app = tables.app()
+    raw = (
+        b'VTE1{"kind":"task","task":"a\\u0000b","v":1,"id":"x","at":0,'
+        b'"by":"versioned_tasks/0.1.0"}\n{}'
+    )
+    app.storage.enqueue(raw)
+
+    assert app.dequeue() is None
+
+    (entry,) = app.dead_letters
+    assert entry.raw == raw
+    assert entry.task == "a\ufffdb"
+    assert app.pending_count() == 0

@@ -293,15 +293,20 @@ class _SqlBackend:
         id, reason, task, version, raw, error, created = row
         return DeadLetter(id, reason, task, version, bytes(raw), error, _utc(created))
 
+    @staticmethod
+    def _text(value: str) -> str:
+        """A text column's value as the driver can store it (``raw`` is kept exact)."""
+        return value
+
     def _row_values(self, entry: DeadLetter) -> tuple[Any, ...]:
         return (
             entry.id,
             self._queue,
-            entry.reason,
-            entry.task,
+            self._text(entry.reason),
+            None if entry.task is None else self._text(entry.task),
             entry.version,
             entry.raw,
-            entry.error,
+            self._text(entry.error),
             entry.created_at.timestamp(),
         )
 
@@ -319,7 +324,8 @@ class _SqlBackend:
         return self._row(rows[0]) if rows else None
 
     def update(self, id: str, reason: str, error: str) -> bool:
-        return bool(self._sql(self._update, (reason, error, self._queue, id), write=True))
+        values = (self._text(reason), self._text(error), self._queue, id)
+        return bool(self._sql(self._update, values, write=True))
 
     def delete(self, id: str) -> bool:
         return bool(self._sql(self._delete, (self._queue, id), write=True))
@@ -405,6 +411,12 @@ class PostgresBackend(_SqlBackend):
                 for ddl in self._ddl:
                     cursor.execute(ddl)
         self._ready = True
+
+    @staticmethod
+    def _text(value: str) -> str:
+        # PostgreSQL text cannot hold NUL, which a task name read off the wire
+        # (or an error quoting it) may contain; the message's bytes stay exact.
+        return value.replace("\x00", "\ufffd")
 
     def _sql(self, query: str, params: tuple[Any, ...] = (), *, write: bool = False) -> Any:
         # One statement each, on the storage's autocommit connection: atomic
