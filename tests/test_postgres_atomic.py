@@ -385,7 +385,10 @@ def test_a_blocking_dequeue_on_an_empty_queue_waits_for_the_enqueue_notification
     def job(n: int) -> None: ...
 
     def produce() -> None:
-        time.sleep(0.3)
+        # Once the worker listens on the queue's channel, which it does only
+        # after finding the queue empty.
+        listen = f'listen "{app.storage.channel}"'
+        wait_for(lambda: bool(sql("select 1 from pg_stat_activity where query = %s", (listen,))))
         job(5)
 
     producer = threading.Thread(target=produce)
