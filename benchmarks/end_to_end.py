@@ -46,7 +46,9 @@ Reading the output: ``msg/s`` is messages per second (higher is better);
 ``vs plain`` is the variant's best throughput over plain Huey's best in the
 same group, so ``1.00x`` is "as fast as plain Huey" and ``0.80x`` means 20 %
 fewer messages per second. ``e2e`` is ``n / (enqueue seconds + consume
-seconds)`` of the best round. Medians far from the best mean a busy machine.
+seconds)`` of the best round. ``cons paired`` is the median, over the rounds,
+of the variant's consume msg/s over plain's in the same round: less swayed by
+a machine whose load drifts. Medians far from the best mean a busy machine.
 A second table gives CPU microseconds per message spent in this process and
 its forked workers (``os.times()``, children counted once joined; the Redis or
 PostgreSQL server's own time is not included), lowest of the rounds: less
@@ -489,9 +491,14 @@ def summary(group: Group, n: int) -> list[dict[str, Any]]:
             }
         )
     plain = rows[0]
-    for row in rows:
+    plain_samples = group.samples[group.variants[0].key]
+    for row, variant in zip(rows, group.variants, strict=True):
         for kind in ("enqueue", "consume", "e2e"):
             row[f"{kind}_vs_plain"] = row[f"{kind}_best"] / plain[f"{kind}_best"]
+        # Each round against plain's run of the same round: robust to drift.
+        for kind in ("enqueue", "consume"):
+            pairs = zip(group.samples[variant.key], plain_samples, strict=True)
+            row[f"{kind}_paired"] = statistics.median(p[kind] / v[kind] for v, p in pairs)
         for kind in ("enqueue_cpu_us", "consume_cpu_us"):
             row[f"{kind}_vs_plain"] = row[f"{kind}_best"] / plain[f"{kind}_best"]
     return rows
@@ -568,10 +575,14 @@ def _print_rows(header: str, rows: list[dict[str, Any]], line: Callable[[Any], s
 
 
 def print_throughput(rows: list[dict[str, Any]]) -> None:
-    print("\nThroughput, msg/s (higher is better); vs plain = best msg/s / plain's best msg/s")
+    print(
+        "\nThroughput, msg/s (higher is better); vs plain = best msg/s / plain's best msg/s; "
+        "cons paired = median over rounds of msg/s / plain's msg/s in the same round"
+    )
     header = (
         f"{'backend/workers':<16} {'variant':<44} {'enqueue msg/s':>18} {'consume msg/s':>18} "
-        f"{'e2e msg/s':>10} {'enq vs plain':>12} {'cons vs plain':>13} {'e2e vs plain':>12}"
+        f"{'e2e msg/s':>10} {'enq vs plain':>12} {'cons vs plain':>13} {'e2e vs plain':>12} "
+        f"{'cons paired':>11}"
     )
 
     def line(row: Any) -> str:
@@ -580,7 +591,7 @@ def print_throughput(rows: list[dict[str, Any]]) -> None:
         return (
             f"{enqueue:>18} {consume:>18} {row['e2e_best']:>10,.0f} "
             f"{row['enqueue_vs_plain']:>11.2f}x {row['consume_vs_plain']:>12.2f}x "
-            f"{row['e2e_vs_plain']:>11.2f}x"
+            f"{row['e2e_vs_plain']:>11.2f}x {row['consume_paired']:>10.2f}x"
         )
 
     _print_rows(header, rows, line)
