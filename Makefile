@@ -46,8 +46,11 @@ test: lint types unit huey-suite docs
 fuzz: $(STAMP_DEV)
 	VT_FUZZ=50 $(BIN)/pytest tests/test_envelope.py tests/test_schema_check.py -p no:cacheprovider
 
+# The serializer alone, then a short end-to-end run through real consumers
+# (Redis, SQLite, and PostgreSQL when reachable; benchmarks/end_to_end.py --help).
 bench: $(STAMP_DEV)
 	$(BIN)/python benchmarks/serializer.py
+	$(BIN)/python benchmarks/end_to_end.py --n 2000 --rounds 2
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .ruff_cache .pytest_cache .hypothesis
