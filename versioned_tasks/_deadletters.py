@@ -704,6 +704,9 @@ class RedisBackend:
         return _from_packed(key, bytes(data))
 
     def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
+        """Write ``entry`` in one script; with ``inflight`` (internal: the key of a
+        list holding the message while it is handled), the same script removes
+        one copy of ``entry.raw`` from that list."""
         keys = [self._entries, self._index, self._seq]
         if inflight is not None:
             keys.append(inflight)
