@@ -841,7 +841,9 @@ class FileBackend:
 
     def take(self, id: str, data: bytes | None, priority: Any) -> bool:
         # Under the storage's lock, which its enqueue and dequeue take too (and
-        # which is not reentrant, hence the copy of its enqueue below).
+        # which is not reentrant, hence the copy of its enqueue below). Two files
+        # cannot change at once: a crash between them leaves the message queued
+        # and the entry kept (replayed twice if replayed again), never neither.
         with self._lock:
             path = self._find(id)
             if path is None:
