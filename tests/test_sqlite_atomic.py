@@ -8,12 +8,15 @@ storage's own connection, as a killed worker would: mid-transaction.
 from __future__ import annotations
 
 import datetime
+import sqlite3
 import subprocess
 import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -135,3 +138,72 @@ def test_a_reused_rowid_never_takes_a_newer_message(tmp_path: Path) -> None:
     assert taken == [1, 2]
     assert producer.pending_count() == 0
     assert len(producer.dead_letters) == 0
+
+
+def _count_transactions(app: VersionedSqliteHuey) -> list[str]:
+    """The transactions the app's connection begins from now on (sqlite3's trace hook)."""
+    begun: list[str] = []
+    app.storage.conn.set_trace_callback(
+        lambda sql: begun.append(sql) if sql.lower().startswith("begin") else None
+    )
+    return begun
+
+
+def test_a_run_of_bad_messages_is_settled_in_one_transaction_in_order(tmp_path: Path) -> None:
+    """Once the head cannot run, the worker reads ahead: the rest of the run of bad
+    messages and the task that ends it are settled in one transaction, in order."""
+    app = VersionedSqliteHuey("batch", filename=str(tmp_path / "q.db"))
+
+    @app.versioned_task(version=1, name="batch.good")
+    def good(n: int) -> int:
+        return n
+
+    junk = [f"junk {i}".encode() for i in range(15)]
+    for raw in junk[:10]:
+        app.storage.enqueue(raw)
+    good(1)
+    for raw in junk[10:]:
+        app.storage.enqueue(raw)
+    len(app.dead_letters)  # creates the table
+    begun = _count_transactions(app)
+
+    task = app.dequeue()
+
+    assert task is not None
+    assert task.kwargs == {"n": 1}
+    assert len(begun) == 2  # the head alone, then the other nine and the task
+    assert [entry.raw for entry in app.dead_letters][::-1] == junk[:10]
+    assert app.dequeue() is None
+    assert len(begun) == 4
+    assert [entry.raw for entry in app.dead_letters][::-1] == junk
+    assert app.pending_count() == 0
+
+
+def test_a_run_whose_dead_letter_write_fails_is_settled_one_by_one(tmp_path: Path) -> None:
+    """A message whose dead-letter write fails rolls back its whole run; the
+    worker settles the messages before it one at a time, moves it to the tail
+    and raises, as for a single message."""
+    app = VersionedSqliteHuey("batch", filename=str(tmp_path / "q.db"))
+    messages = [b"junk 1", b"junk 2", b"poison", b"junk 3"]
+    for raw in messages:
+        app.storage.enqueue(raw)
+    len(app.dead_letters)  # creates the table
+    app.storage.sql(
+        "create trigger refuse_poison before insert on vt_dead_letters "
+        "when new.raw = cast('poison' as blob) begin select raise(abort, 'refused'); end",
+        commit=True,
+    )
+
+    with pytest.raises(sqlite3.IntegrityError, match="refused"):
+        app.dequeue()
+
+    assert [entry.raw for entry in app.dead_letters][::-1] == [b"junk 1", b"junk 2"]
+    assert app.storage.enqueued_items() == [b"junk 3", b"poison"]
+    app.storage.sql("drop trigger refuse_poison", commit=True)
+    assert app.dequeue() is None
+    assert [entry.raw for entry in app.dead_letters][::-1] == [
+        b"junk 1",
+        b"junk 2",
+        b"junk 3",
+        b"poison",
+    ]

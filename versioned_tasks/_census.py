@@ -430,8 +430,7 @@ def _dead_meta(data: bytes) -> Identity:
         return None, None
     if type(parsed) is not dict:
         return None, None
-    task, version = parsed.get("task"), parsed.get("version")
-    return (task if type(task) is str else None, version if type(version) is int else None)
+    return _dead_identity(parsed.get("task"), parsed.get("version"))
 
 
 def _dead_redis(backend: RedisBackend, size: int) -> Iterator[_DeadChunk]:
@@ -469,7 +468,12 @@ def _dead_sql(backend: SqliteBackend | PostgresBackend) -> Iterator[_DeadChunk]:
         (storage.name,),
         results=True,
     )
-    yield [((task, version), int(count)) for task, version, count in rows]
+    yield [(_dead_identity(task, version), int(count)) for task, version, count in rows]
+
+
+def _dead_identity(task: Any, version: Any) -> Identity:
+    # SQLite keeps whatever a column was given: a corrupt row counts as unknown.
+    return (task if type(task) is str else None, version if type(version) is int else None)
 
 
 def _dead_files(backend: FileBackend, size: int) -> Iterator[_DeadChunk]:
@@ -506,7 +510,10 @@ def dead_letter_chunks(storage: Any, size: int = DEFAULT_CHUNK) -> Iterator[_Dea
         entries = list(backend._entries.values())
     return iter(
         [
-            [((e.task, e.version), 1) for e in entries[i : i + size]]
+            [
+                (_dead_identity(getattr(e, "task", None), getattr(e, "version", None)), 1)
+                for e in entries[i : i + size]
+            ]
             for i in range(0, len(entries), size)
         ]
     )

@@ -229,7 +229,7 @@ def _entries_table(entries: Iterable[DeadLetter], *, title: str) -> Table:
         version = f" v{entry.version}" if entry.version is not None else ""
         table.add_row(
             Text(f"{entry.id}\n{entry.created_at:%Y-%m-%d %H:%M:%S}"),
-            entry.reason,
+            f"{entry.reason}\n(corrupt entry)" if entry.corrupt else entry.reason,
             Text(f"{entry.task}{version}" if entry.task else "?"),
             Text(_shorten(entry.error.split("; ")[0], 160)),
         )
@@ -245,6 +245,7 @@ def _entry_json(entry: DeadLetter) -> dict[str, Any]:
         "error": entry.error,
         "created_at": entry.created_at.isoformat(),
         "size": len(entry.raw),
+        "corrupt": entry.corrupt,
     }
 
 
@@ -334,6 +335,8 @@ def _entry_summary(entry: DeadLetter) -> Table:
         ("created", entry.created_at.isoformat()),
         ("error", entry.error),
     ]
+    if entry.corrupt:
+        rows.insert(2, ("corrupt", "yes: the store cannot read this entry's metadata"))
     for key, value in rows:
         table.add_row(key, Text(value))
     return table
@@ -364,6 +367,8 @@ class _Verdict:
 
 def _check(app: VersionedHuey, entry: DeadLetter) -> _Verdict:
     """What a replay would do now, without enqueueing or changing anything."""
+    if entry.corrupt:
+        return _Verdict(False, "would fail: the stored entry is corrupt; recover it by hand")
     if _legacy.is_legacy(entry.raw):
         # Reading it would unpickle it, even with legacy_pickle on: only a
         # real replay, asked for by name, may do that.
@@ -468,6 +473,8 @@ def _replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
 
 
 def _identity(entry: DeadLetter) -> str:
+    if entry.corrupt:
+        return "corrupt entry"
     version = f" v{entry.version}" if entry.version is not None else ""
     return f"{entry.task or 'unreadable'}{version}, was {entry.reason}"
 

@@ -4,12 +4,20 @@ It lives in the same backend as the queue (a table in the SQLite or PostgreSQL
 database, Redis keys under the queue's name, files beside a FileStorage's queue,
 a dict on a MemoryStorage) and never in Huey's
 result store, whose ``flush_results()`` would wipe it.
+
+A replay removes the entry and puts its message on the queue in one step of
+the backend (a Lua script on Redis, a transaction on SQL, the storage's lock
+on files and memory), so that a replay retried after a lost reply or a failed
+commit never enqueues the message twice, and never loses it.
 """
 
 from __future__ import annotations
 
 import datetime
+import math
 import os
+import re
+import struct
 import threading
 import time
 import uuid
@@ -22,15 +30,20 @@ from huey.storage import (
     FileStorage,
     MemoryStorage,
     PostgresStorage,
+    RedisPriorityQueue,
     RedisStorage,
     SqliteStorage,
 )
 
+from ._pipeline import REASONS
 from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
 
-__all__ = ["DeadLetter", "DeadLetterStore", "backend_for"]
+__all__ = ["DeadLetter", "DeadLetterStore", "Requeue", "backend_for"]
 
 _PAGE = 500
+
+#: ``created_at`` of a corrupt entry whose stored time cannot be read.
+_EPOCH = datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +59,15 @@ class DeadLetter:
         raw: the exact bytes that were dequeued.
         error: what went wrong, as text.
         created_at: when the entry was written (timezone-aware UTC).
+        corrupt: True when the store holds the entry but cannot read what it
+            stored about it (metadata that is not JSON, of the wrong shape, a
+            column of the wrong type). Such an entry is still listed, under its
+            id, with reason ``undecodable``, task and version None, an error
+            saying the stored entry is corrupt and what to do, ``created_at``
+            as stored where readable (else the Unix epoch), and ``raw`` holding
+            every byte stored for it: on Redis and files that is the metadata
+            line, the newline and the message; on SQL the ``raw`` column. It
+            can be shown and deleted; replaying it raises ``ReplayFailed``.
     """
 
     id: str
@@ -55,10 +77,15 @@ class DeadLetter:
     raw: bytes
     error: str
     created_at: datetime.datetime
+    corrupt: bool = False
 
     def __repr__(self) -> str:
         version = f" v{self.version}" if self.version is not None else ""
-        return f"<DeadLetter id={self.id} reason={self.reason} task={self.task or '?'}{version}>"
+        corrupt = " corrupt" if self.corrupt else ""
+        return (
+            f"<DeadLetter id={self.id} reason={self.reason} "
+            f"task={self.task or '?'}{version}{corrupt}>"
+        )
 
     def _meta(self) -> dict[str, Any]:
         return {
@@ -71,16 +98,126 @@ class DeadLetter:
         }
 
 
-def _from_meta(meta: dict[str, Any], raw: bytes) -> DeadLetter:
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """What a replay puts back on the queue, and what follows once it is there.
+
+    Attributes:
+        data: the bytes to enqueue; None where nothing is queued (immediate
+            mode, where Huey runs the task instead).
+        priority: the message's priority, for storages that have priorities.
+        then: called once the entry is gone and ``data`` queued; its return
+            value is what ``replay()`` returns.
+    """
+
+    data: bytes | None
+    priority: Any
+    then: Callable[[], Any]
+
+
+class _Corrupt(Exception):
+    """A stored entry whose fields cannot be read (the text says which)."""
+
+
+def _checked(
+    id: str,
+    reason: Any,
+    task: Any,
+    version: Any,
+    raw: Any,
+    error: Any,
+    created: Any,
+) -> DeadLetter:
+    """An entry from its stored fields.
+
+    Raises:
+        _Corrupt: naming the first field that is not what the store writes.
+    """
+    if type(reason) is not str or reason not in REASONS:
+        raise _Corrupt(f"its reason {reason!r} is not one of the dead-letter reasons")
+    if task is not None and type(task) is not str:
+        raise _Corrupt(f"its task {task!r} is not a string")
+    if version is not None and type(version) is not int:
+        raise _Corrupt(f"its version {version!r} is not an integer")
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise _Corrupt(f"its raw bytes are a {type(raw).__name__}, not bytes")
+    if type(error) is not str:
+        raise _Corrupt(f"its error {error!r} is not text")
+    return DeadLetter(id, reason, task, version, bytes(raw), error, _created(created))
+
+
+def _created(value: Any) -> datetime.datetime:
+    if type(value) not in (int, float) or not math.isfinite(value):
+        raise _Corrupt(f"its created_at {value!r} is not a Unix time")
+    try:
+        return datetime.datetime.fromtimestamp(value, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        raise _Corrupt(f"its created_at {value!r} is out of range") from None
+
+
+def _corrupt(
+    id: str, stored: bytes, problem: str, created_at: datetime.datetime | None = None
+) -> DeadLetter:
+    """How an entry that cannot be read is listed (see ``DeadLetter.corrupt``)."""
     return DeadLetter(
-        id=meta["id"],
-        reason=meta["reason"],
-        task=meta["task"],
-        version=meta["version"],
-        raw=bytes(raw),
-        error=meta["error"],
-        created_at=_utc(meta["created_at"]),
+        id=id,
+        reason="undecodable",
+        task=None,
+        version=None,
+        raw=stored,
+        error=(
+            f"The stored dead-letter entry is corrupt: {problem}. Its raw holds every "
+            f"byte stored for it; recover the message from raw by hand "
+            f"(`versioned-tasks dlq show {id} --json` prints it as base64), enqueue it "
+            f"yourself if it should run, then delete the entry."
+        ),
+        created_at=created_at or _EPOCH,
+        corrupt=True,
     )
+
+
+def _stored_bytes(value: Any) -> bytes:
+    """A column's value as the bytes it holds, whatever its type."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    if value is None:
+        return b""
+    text = value if isinstance(value, str) else str(value)
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _from_packed(id: str, data: bytes, created_at: datetime.datetime | None = None) -> DeadLetter:
+    """An entry stored as one JSON metadata line, a newline, then the raw bytes.
+
+    The id is the one it is stored under (hash field, file name), so that a
+    corrupt entry can still be fetched and deleted.
+    """
+    meta_line, newline, raw = data.partition(b"\n")
+    if not newline:
+        return _corrupt(id, data, "it has no metadata line", created_at)
+    try:
+        meta = orjson.loads(meta_line)
+    except orjson.JSONDecodeError as exc:
+        return _corrupt(id, data, f"its metadata is not JSON ({exc})", created_at)
+    if type(meta) is not dict:
+        return _corrupt(id, data, "its metadata is not a JSON object", created_at)
+    try:
+        return _checked(
+            id,
+            meta.get("reason"),
+            meta.get("task"),
+            meta.get("version"),
+            raw,
+            meta.get("error"),
+            meta.get("created_at"),
+        )
+    except _Corrupt as exc:
+        return _corrupt(id, data, str(exc), created_at)
+
+
+def _pack(entry: DeadLetter) -> bytes:
+    # orjson never writes a raw newline, so the first one ends the metadata.
+    return orjson.dumps(entry._meta()) + b"\n" + entry.raw
 
 
 def new_entry(
@@ -98,14 +235,11 @@ def new_entry(
     )
 
 
-def _utc(ts: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
-
-
 class _Backend(Protocol):
-    def add(self, entry: DeadLetter) -> None: ...
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None: ...
     def get(self, id: str) -> DeadLetter | None: ...
     def update(self, id: str, reason: str, error: str) -> bool: ...
+    def take(self, id: str, data: bytes | None, priority: Any) -> bool: ...
     def delete(self, id: str) -> bool: ...
     def purge(self) -> int: ...
     def count(self) -> int: ...
@@ -119,7 +253,7 @@ class DeadLetterStore:
     instance on the same storage and name shares the same entries.
     """
 
-    def __init__(self, backend: _Backend, replay: Callable[[bytes], Any]) -> None:
+    def __init__(self, backend: _Backend, replay: Callable[[bytes], Requeue]) -> None:
         self._backend = backend
         self._replay = replay
 
@@ -154,10 +288,16 @@ class DeadLetterStore:
         error: str,
         task: str | None = None,
         version: int | None = None,
+        inflight: str | None = None,
     ) -> DeadLetter:
-        """Store a message that cannot run; returns the new entry."""
+        """Store a message that cannot run; returns the new entry.
+
+        ``inflight`` is internal: on Redis, the key of a list holding the
+        message while it is being handled, from which the same script removes
+        one copy of ``raw``. Other backends ignore it.
+        """
         entry = new_entry(reason, raw, error, task, version)
-        self._backend.add(entry)
+        self._backend.add(entry, inflight=inflight)
         return entry
 
     def get(self, id: str) -> DeadLetter:
@@ -176,24 +316,31 @@ class DeadLetterStore:
 
         Returns Huey's ``Result`` for the task (None when results are off, and
         for a retired task whose tombstone now has a handler: its bytes go back
-        on the queue for the worker to hand to the handler). The entry is
-        removed only after the enqueue succeeded.
+        on the queue for the worker to hand to the handler). Removing the entry
+        and enqueueing its message are one step of the backend: when that step
+        fails, neither happened; when it went through but its reply was lost,
+        replaying again enqueues nothing and raises ``DeadLetterNotFound``.
 
         Raises:
-            DeadLetterNotFound: there is no such entry.
-            ReplayFailed: it still cannot run; the entry keeps its id and gets
-                the new reason.
+            DeadLetterNotFound: there is no such entry (any more).
+            ReplayFailed: it still cannot run, or the stored entry is corrupt;
+                the entry keeps its id and gets the new reason.
         """
         entry = self.get(id)
+        if entry.corrupt:
+            raise ReplayFailed(
+                id=id, reason=entry.reason, task=None, version=None, error=entry.error
+            )
         try:
-            result = self._replay(entry.raw)
+            requeue = self._replay(entry.raw)
         except MessageRejected as exc:
             self._backend.update(id, exc.reason, exc.error)
             raise ReplayFailed(
                 id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
             ) from None
-        self._backend.delete(id)
-        return result
+        if not self._backend.take(id, requeue.data, requeue.priority):
+            raise DeadLetterNotFound(id)
+        return requeue.then()
 
     def delete(self, id: str) -> bool:
         """Remove an entry; returns whether it existed."""
@@ -215,22 +362,46 @@ class MemoryBackend:
         # opening the store at once share one dict.
         with storage._lock:
             state = storage.__dict__.setdefault("_vt_dead_letters", ({}, threading.Lock()))
-        self._entries: dict[str, DeadLetter] = state[0]
+        self._storage = storage
+        self._entries: dict[str, Any] = state[0]
         self._lock: threading.Lock = state[1]
 
-    def add(self, entry: DeadLetter) -> None:
+    @staticmethod
+    def _entry(id: str, value: Any) -> DeadLetter:
+        if isinstance(value, DeadLetter):
+            return value
+        stored = value if isinstance(value, bytes) else repr(value).encode()
+        return _corrupt(id, stored, f"it holds a {type(value).__name__}, not a DeadLetter")
+
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
         with self._lock:
             self._entries[entry.id] = entry
 
     def get(self, id: str) -> DeadLetter | None:
-        return self._entries.get(id)
+        value = self._entries.get(id)
+        return None if value is None else self._entry(id, value)
 
     def update(self, id: str, reason: str, error: str) -> bool:
         with self._lock:
             entry = self._entries.get(id)
-            if entry is None:
+            if not isinstance(entry, DeadLetter):
                 return False
             self._entries[id] = replace(entry, reason=reason, error=error)
+            return True
+
+    def take(self, id: str, data: bytes | None, priority: Any) -> bool:
+        # The storage's own (reentrant) lock first, as its enqueue takes it:
+        # no reader sees the entry gone and the message not yet queued.
+        with self._storage._lock, self._lock:
+            entry = self._entries.pop(id, None)
+            if entry is None:
+                return False
+            try:
+                if data is not None:
+                    self._storage.enqueue(data, priority)
+            except BaseException:
+                self._entries[id] = entry
+                raise
             return True
 
     def delete(self, id: str) -> bool:
@@ -248,16 +419,16 @@ class MemoryBackend:
 
     def page(self, offset: int, limit: int) -> list[DeadLetter]:
         with self._lock:
-            newest_first = list(reversed(self._entries.values()))
-        return newest_first[offset : offset + limit]
+            newest_first = list(reversed(self._entries.items()))
+        return [self._entry(id, value) for id, value in newest_first[offset : offset + limit]]
 
 
 class _SqlBackend:
     """A dead-letter table beside a SQL storage's own tables, rows keyed by queue.
 
-    Subclasses say how to create the table and how to run one statement;
-    the statements themselves are shared, written with the driver's
-    placeholder.
+    Subclasses say how to create the table, how to run one statement and how
+    the storage enqueues; the statements themselves are shared, written with
+    the driver's placeholder.
     """
 
     _COLUMNS = "id, reason, task, version, raw, error, created_at"
@@ -288,10 +459,23 @@ class _SqlBackend:
     def _sql(self, query: str, params: tuple[Any, ...] = (), *, write: bool = False) -> Any:
         raise NotImplementedError
 
+    def _enqueue(self, cursor: Any, data: bytes, priority: Any) -> None:
+        """Put ``data`` on the queue as the storage's enqueue does, with ``cursor``."""
+        raise NotImplementedError
+
     @staticmethod
     def _row(row: tuple[Any, ...]) -> DeadLetter:
         id, reason, task, version, raw, error, created = row
-        return DeadLetter(id, reason, task, version, bytes(raw), error, _utc(created))
+        if isinstance(id, bytes | bytearray | memoryview):
+            id = bytes(id).decode("utf-8", "replace")
+        try:
+            return _checked(str(id), reason, task, version, raw, error, created)
+        except _Corrupt as exc:
+            try:
+                created_at: datetime.datetime | None = _created(created)
+            except _Corrupt:
+                created_at = None
+            return _corrupt(str(id), _stored_bytes(raw), str(exc), created_at)
 
     @staticmethod
     def _text(value: str) -> str:
@@ -310,7 +494,7 @@ class _SqlBackend:
             entry.created_at.timestamp(),
         )
 
-    def add(self, entry: DeadLetter) -> None:
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
         self._sql(self._insert, self._row_values(entry), write=True)
 
     def insert(self, cursor: Any, raw: bytes, action: Any) -> DeadLetter:
@@ -326,6 +510,19 @@ class _SqlBackend:
     def update(self, id: str, reason: str, error: str) -> bool:
         values = (self._text(reason), self._text(error), self._queue, id)
         return bool(self._sql(self._update, values, write=True))
+
+    def take(self, id: str, data: bytes | None, priority: Any) -> bool:
+        # One transaction: the message is queued if and only if this call
+        # removed the entry, so a replay retried after a lost commit reply
+        # finds nothing and queues nothing.
+        self.ensure_table()
+        with self._storage.db(commit=True) as cursor:
+            cursor.execute(self._delete, (self._queue, id))
+            if cursor.rowcount != 1:
+                return False
+            if data is not None:
+                self._enqueue(cursor, data, priority)
+            return True
 
     def delete(self, id: str) -> bool:
         return bool(self._sql(self._delete, (self._queue, id), write=True))
@@ -368,6 +565,13 @@ class SqliteBackend(_SqlBackend):
         with self._storage.db(commit=write) as cursor:
             cursor.execute(query, params)
             return cursor.rowcount if write else cursor.fetchall()
+
+    def _enqueue(self, cursor: Any, data: bytes, priority: Any) -> None:
+        # SqliteStorage.enqueue
+        cursor.execute(
+            "insert into task (queue, data, priority) values (?, ?, ?)",
+            (self._queue, self._storage.to_blob(data), priority or 0),
+        )
 
 
 class PostgresBackend(_SqlBackend):
@@ -426,43 +630,128 @@ class PostgresBackend(_SqlBackend):
             cursor.execute(query, params)
             return cursor.rowcount if write else cursor.fetchall()
 
+    def _enqueue(self, cursor: Any, data: bytes, priority: Any) -> None:
+        # PostgresStorage.enqueue: the row, then a notification that wakes the
+        # blocking consumers (delivered at commit).
+        storage = self._storage
+        cursor.execute(
+            f"insert into {storage.table_task} (queue, data, priority) values (%s, %s, %s)",
+            (self._queue, data, priority or 0),
+        )
+        channel = getattr(storage, "channel", None)
+        if channel is not None:
+            cursor.execute("select pg_notify(%s, %s)", (channel, ""))
+
+
+# KEYS: entries, index, seq[, inflight]; ARGV: id, packed entry.
+# HSETNX makes a call that redis-py retries after a lost reply a no-op.
+_ADD_LUA = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+    return 0
+end
+redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
+if KEYS[4] then
+    local packed = ARGV[2]
+    local raw = string.sub(packed, string.find(packed, '\\n', 1, true) + 1)
+    redis.call('LREM', KEYS[4], 1, raw)
+end
+return 1
+"""
+
+# KEYS: entries; ARGV: id, packed entry. Never re-creates an entry removed meanwhile.
+_UPDATE_LUA = """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
+# KEYS: entries, index, queue, marker; ARGV: id, token, how ('list', 'sorted' or
+# 'none'), message, score. Returns 1 when it removed the entry and queued the
+# message, 0 when there was no entry, 2 when this very call (same token) already
+# did it: redis-py re-sent it after losing the reply.
+_TAKE_LUA = """
+if redis.call('GET', KEYS[4]) == ARGV[2] then
+    return 2
+end
+if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
+    return 0
+end
+redis.call('ZREM', KEYS[2], ARGV[1])
+if ARGV[3] == 'list' then
+    redis.call('LPUSH', KEYS[3], ARGV[4])
+elseif ARGV[3] == 'sorted' then
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+end
+redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
+return 1
+"""
+
 
 class RedisBackend:
-    """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``."""
+    """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``.
+
+    Each write is one Lua script, so one round trip and atomic; a replay also
+    leaves ``.replayed.<id>`` for an hour, so that the same call re-sent after a
+    lost reply is recognised as done.
+    """
 
     def __init__(self, storage: RedisStorage) -> None:
+        self._storage = storage
         self._conn = storage.conn
         base = f"huey.deadletters.{storage.name}"
         self._entries = base
         self._index = f"{base}.index"
         self._seq = f"{base}.seq"
+        self._replayed = f"{base}.replayed."
+        self._sorted = isinstance(storage, RedisPriorityQueue)
+        self._add = self._conn.register_script(_ADD_LUA)
+        self._update = self._conn.register_script(_UPDATE_LUA)
+        self._take = self._conn.register_script(_TAKE_LUA)
 
     @staticmethod
-    def _pack(entry: DeadLetter) -> bytes:
-        return orjson.dumps(entry._meta()) + b"\n" + entry.raw
+    def _unpack(id: bytes | str, data: bytes) -> DeadLetter:
+        key = id.decode("utf-8", "replace") if isinstance(id, bytes) else id
+        return _from_packed(key, bytes(data))
 
-    @staticmethod
-    def _unpack(data: bytes) -> DeadLetter:
-        meta, _, raw = bytes(data).partition(b"\n")
-        return _from_meta(orjson.loads(meta), raw)
-
-    def add(self, entry: DeadLetter) -> None:
-        seq = self._conn.incr(self._seq)
-        pipe = self._conn.pipeline(transaction=True)
-        pipe.hset(self._entries, entry.id, self._pack(entry))
-        pipe.zadd(self._index, {entry.id: seq})
-        pipe.execute()
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
+        """Write ``entry`` in one script; with ``inflight`` (internal: the key of a
+        list holding the message while it is handled), the same script removes
+        one copy of ``entry.raw`` from that list."""
+        keys = [self._entries, self._index, self._seq]
+        if inflight is not None:
+            keys.append(inflight)
+        self._add(keys=keys, args=[entry.id, _pack(entry)])
 
     def get(self, id: str) -> DeadLetter | None:
         data = self._conn.hget(self._entries, id)
-        return self._unpack(data) if data is not None else None
+        return self._unpack(id, data) if data is not None else None
 
     def update(self, id: str, reason: str, error: str) -> bool:
         entry = self.get(id)
-        if entry is None:
+        if entry is None or entry.corrupt:
             return False
-        self._conn.hset(self._entries, id, self._pack(replace(entry, reason=reason, error=error)))
-        return True
+        packed = _pack(replace(entry, reason=reason, error=error))
+        return bool(self._update(keys=[self._entries], args=[id, packed]))
+
+    def take(self, id: str, data: bytes | None, priority: Any) -> bool:
+        how, message, score = self._queueing(data, priority)
+        keys = [self._entries, self._index, self._storage.queue_key, self._replayed + id]
+        token = uuid.uuid4().hex
+        return bool(self._take(keys=keys, args=[id, token, how, message, score]))
+
+    def _queueing(self, data: bytes | None, priority: Any) -> tuple[str, bytes, float]:
+        """How the storage's enqueue would store ``data``: how, member and score."""
+        if data is None:
+            return "none", b"", 0
+        if not self._sorted:
+            # RedisStorage.enqueue refuses a priority; the message matters more.
+            return "list", data, 0
+        # RedisPriorityQueue.enqueue: a microsecond stamp keeps equal
+        # priorities in order, and the lowest score pops first.
+        prefix = struct.pack(">Q", int(time.time() * 1e6))
+        return "sorted", prefix + data, 0 if priority is None else -priority
 
     def delete(self, id: str) -> bool:
         pipe = self._conn.pipeline(transaction=True)
@@ -486,7 +775,12 @@ class RedisBackend:
         if not ids:
             return []
         rows = self._conn.hmget(self._entries, ids)
-        return [self._unpack(row) for row in rows if row is not None]
+        return [
+            self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
+        ]
+
+
+_FILE_NAME = re.compile(r"(\d{20})-(.+)")
 
 
 class FileBackend:
@@ -497,6 +791,7 @@ class FileBackend:
     """
 
     def __init__(self, storage: FileStorage) -> None:
+        self._storage = storage
         self._lock = storage.lock
         self._dir = os.path.join(storage.path, "deadletters")
 
@@ -505,29 +800,36 @@ class FileBackend:
             names = os.listdir(self._dir)
         except FileNotFoundError:
             return []
-        return sorted(name for name in names if not name.startswith("."))
+        # ".partial": an entry being written, or left half-written by a crash.
+        return sorted(n for n in names if not n.startswith(".") and not n.endswith(".partial"))
+
+    @staticmethod
+    def _id(name: str) -> str:
+        match = _FILE_NAME.fullmatch(name)
+        return match.group(2) if match else name
 
     def _find(self, id: str) -> str | None:
-        suffix = f"-{id}"
         for name in self._files():
-            if name.endswith(suffix):
+            if self._id(name) == id:
                 return os.path.join(self._dir, name)
         return None
 
-    @staticmethod
-    def _read(path: str) -> DeadLetter:
+    def _read(self, path: str) -> DeadLetter:
         with open(path, "rb") as f:
-            meta, _, raw = f.read().partition(b"\n")
-        return _from_meta(orjson.loads(meta), raw)
+            data = f.read()
+        name = os.path.basename(path)
+        match = _FILE_NAME.fullmatch(name)
+        stamp = _utc_ns(int(match.group(1))) if match else None
+        return _from_packed(self._id(name), data, stamp)
 
     @staticmethod
     def _write(path: str, entry: DeadLetter) -> None:
         partial = f"{path}.partial"
         with open(partial, "wb") as f:
-            f.write(orjson.dumps(entry._meta()) + b"\n" + entry.raw)
+            f.write(_pack(entry))
         os.replace(partial, path)
 
-    def add(self, entry: DeadLetter) -> None:
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
         with self._lock:
             os.makedirs(self._dir, exist_ok=True)
             name = f"{time.time_ns():020d}-{entry.id}"
@@ -543,8 +845,50 @@ class FileBackend:
             path = self._find(id)
             if path is None:
                 return False
-            self._write(path, replace(self._read(path), reason=reason, error=error))
+            entry = self._read(path)
+            if entry.corrupt:
+                return False
+            self._write(path, replace(entry, reason=reason, error=error))
             return True
+
+    def take(self, id: str, data: bytes | None, priority: Any) -> bool:
+        # Under the storage's lock, which its enqueue and dequeue take too (and
+        # which is not reentrant, hence the copy of its enqueue below). Two files
+        # cannot change at once: a crash between them leaves the message queued
+        # and the entry kept (replayed twice if replayed again), never neither.
+        with self._lock:
+            path = self._find(id)
+            if path is None:
+                return False
+            queued = None if data is None else self._enqueue(data, priority)
+            try:
+                os.remove(path)
+            except BaseException:
+                if queued is not None:
+                    os.remove(queued)
+                raise
+            return True
+
+    def _enqueue(self, data: bytes, priority: Any) -> str:
+        """FileStorage.enqueue without its lock (the caller holds it); the file's path."""
+        storage = self._storage
+        level = int(priority or 0)
+        if not 0 <= level <= storage.MAX_PRIORITY:
+            raise ValueError(f"priority must be between 0 and {storage.MAX_PRIORITY}")
+        os.makedirs(storage.queue_path, exist_ok=True)
+        prefix = f"{storage.MAX_PRIORITY - level:04x}-{int(time.time() * 1000):012x}"
+        base = path = os.path.join(storage.queue_path, prefix)
+        conflict = 0
+        while os.path.exists(path):
+            conflict += 1
+            path = f"{base}.{conflict:03d}"
+        # Written aside first (FileStorage skips ".tmp"), so that no reader
+        # ever sees half a message.
+        partial = f"{path}.tmp"
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+        return path
 
     def delete(self, id: str) -> bool:
         with self._lock:
@@ -569,6 +913,13 @@ class FileBackend:
         with self._lock:
             names = self._files()[::-1][offset : offset + limit]
             return [self._read(os.path.join(self._dir, name)) for name in names]
+
+
+def _utc_ns(ns: int) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromtimestamp(ns / 1e9, tz=datetime.UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
 
 
 def backend_for(storage: Any) -> _Backend:

@@ -45,7 +45,7 @@ from ._actions import Action as _Action
 from ._atomic import AtomicSql, atomic_for
 from ._census import CensusRow, take_census
 from ._codec import register_model
-from ._deadletters import DeadLetterStore, backend_for
+from ._deadletters import DeadLetterStore, Requeue, backend_for
 from ._fleet import (
     DEFAULT_FLEET_INTERVAL,
     FleetConsumer,
@@ -652,15 +652,30 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         return take_census(self, progress=progress).rows
 
-    def _replay(self, raw: bytes) -> Any:
+    def _replay(self, raw: bytes) -> Requeue:
+        """What a replay of ``raw`` enqueues; the store removes the entry with it."""
         outcome = self._reader.read(raw)
         if isinstance(outcome, Task):
-            return self.enqueue(outcome)
+            return self._replay_task(outcome)
         if isinstance(outcome, Retired) and self._has_handler(outcome):
-            # The worker hands it to the tombstone handler; no task, no result.
-            self._requeue(raw, outcome.priority)
-            return None
+            # The exact bytes go back; the worker hands them to the tombstone
+            # handler. No task, no result.
+            return Requeue(raw, outcome.priority, lambda: None)
         raise _rejection(outcome)
+
+    def _replay_task(self, task: Task) -> Requeue:
+        # As enqueue() does, except that the storage write is the store's.
+        if task.expires:
+            task.resolve_expires(self.utc)
+        data = self.serialize_task(task)
+
+        def enqueued() -> Any:
+            self._emit(SIGNAL_ENQUEUED, task)
+            if self._immediate:
+                self.execute(self.deserialize_task(data))
+            return self._enqueued_result(task)
+
+        return Requeue(None if self._immediate else data, task.priority, enqueued)
 
     def _dead_letter(
         self, raw: bytes, reason: str, task: str | None, version: int | None, error: str
@@ -727,6 +742,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             self.execute(self.deserialize_task(data))
         else:
             self.storage.enqueue(data, task.priority)
+        return self._enqueued_result(task)
+
+    def _enqueued_result(self, task: Task) -> Any:
         if not self.results:
             return None
         results = self._pipeline_results(task)
