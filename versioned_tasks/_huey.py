@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
 
-from huey.api import Huey, PeriodicTask, ResultGroup, Task, TaskWrapper, chord, group
+from huey.api import Huey, PeriodicTask, Result, ResultGroup, Task, TaskWrapper, chord, group
+from huey.constants import EmptyData
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
     FileStorage,
@@ -67,6 +68,7 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
+from ._revocations import check_record, restore_hint
 from ._rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
     DEFAULT_NEWER_VERSION_MAX_AGE,
@@ -797,30 +799,67 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         read dead-letters the task instead of losing it.
 
         Huey checks revocations after the message left the queue: an error here
-        would drop the task. The task is kept, as it was dequeued, under the
-        reason of the record (``undecodable`` or ``bad_signature``), and counts
-        as revoked for this run. Outside the worker the error is raised.
+        would drop the task. A record that is not an envelope, not the pair
+        ``(revoke_until, revoke_once)`` Huey writes, or whose time cannot be
+        compared, keeps the task, with the bytes it was dequeued from, under
+        ``undecodable`` (``bad_signature`` for a signature), and the task counts
+        as revoked for this run.
+
+        Raises:
+            DecodeError: outside the worker, for such a record (SignatureError
+                for a signature), naming the task, the key and the fix.
         """
-        try:
-            return bool(super().is_revoked(task, timestamp, peek))
-        except DecodeError as exc:
-            if _EXECUTING.get() is not task:
-                raise
-            reason = "bad_signature" if isinstance(exc, SignatureError) else "undecodable"
-            spec = getattr(type(task), "_vt_spec", None)
-            name = spec.name if spec is not None else _plain_name(task)
-            error = (
-                f"A revocation record of this task cannot be read ({exc}); the task was not "
-                f"run. Delete or rewrite the record (huey.restore_by_id / restore_all), "
-                f"then replay."
-            )
-            raw = self._writer.encode(task, validate=False)
+        keys = self._revoke_keys(task)
+        data = self.storage.peek_many(keys)
+        for key in keys:
             try:
-                self._dead_letter(raw, reason, name, _wire_version(task, spec), error)
-            except Exception:
-                self._rescue(raw)
-                raise
-            return True
+                revoked, restore = check_record(
+                    data.get(key, EmptyData),
+                    self.serializer.deserialize,
+                    timestamp,
+                    self._get_timestamp,
+                    peek=peek,
+                )
+            except DecodeError as exc:
+                error = self._revocation_error(task, key, exc)
+                if _EXECUTING.get() is not task:
+                    raise error from None
+                self._dead_letter_revoked(task, error)
+                return True
+            if restore:
+                self.delete(key)
+            if revoked:
+                return True
+        return False
+
+    def _revocation_error(self, task: Any, key: str, exc: DecodeError) -> DecodeError:
+        text = (
+            f"The revocation record {key!r} of {_revoked_subject(task)} cannot be read: "
+            f"{str(exc).rstrip('.')}"
+        )
+        if _EXECUTING.get() is task:
+            text += f"; the task was not run. Delete it with {restore_hint(key)}, then replay "
+            text += "this dead letter."
+        else:
+            text += f". Delete it with {restore_hint(key)}."
+        if isinstance(exc, SignatureError):
+            return SignatureError(text, key_id=exc.key_id)
+        return DecodeError(text)
+
+    def _dead_letter_revoked(self, task: Task, error: DecodeError) -> None:
+        reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
+        name, version = _task_identity(task)
+        raw = dequeued_bytes(task)
+        if raw is None:
+            # Not dequeued by this app (a task handed to execute() directly):
+            # there are no bytes off the queue, and its own encoding is the
+            # closest there is to what was enqueued.
+            raw = self._writer.encode(task, validate=False)
+        try:
+            self._dead_letter(raw, reason, name, version, str(error))
+        except Exception:
+            self._rescue(raw)
+            raise
 
     # -- reading ---------------------------------------------------------------
 
@@ -1098,6 +1137,30 @@ def _plain_name(task: Task) -> str:
     """A plain task's name on the wire: its Huey registry key."""
     kind = type(task)
     return f"{kind.__module__}.{kind.__name__}"
+
+
+def _revoked_subject(task: Any) -> str:
+    """What ``is_revoked(task)`` is about, for its errors: task name and version."""
+    if isinstance(task, Result):
+        task = task.task
+    if isinstance(task, TaskWrapper):
+        task = task.task_class
+    if isinstance(task, Task):
+        name, version = _task_identity(task)
+    elif isinstance(task, type):
+        spec = getattr(task, "_vt_spec", None)
+        name = spec.name if spec is not None else f"{task.__module__}.{task.__name__}"
+        version = spec.version if spec is not None else None
+    else:
+        return f"the task with id {task!r}"
+    return f"task {name!r} " + (f"version {version}" if version is not None else "(unversioned)")
+
+
+def _task_identity(task: Task) -> tuple[str, int | None]:
+    """A task's name and version on the wire."""
+    spec = getattr(type(task), "_vt_spec", None)
+    name = spec.name if spec is not None else _plain_name(task)
+    return name, _wire_version(task, spec)
 
 
 def _wire_version(task: Task, spec: TaskSpec | None) -> int | None:
