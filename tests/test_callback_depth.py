@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime
 import logging
+import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from conftest import MakeHuey
 from huey.api import Task
 from test_consumer import Recorder, running_consumer, wait_for
 
-from versioned_tasks import VersionedHuey, VersionedMemoryHuey, VersionedSerializer
+from versioned_tasks import ReplayFailed, VersionedHuey, VersionedMemoryHuey, VersionedSerializer
 
 
 @pytest.fixture
@@ -88,6 +89,9 @@ def test_a_pipeline_nested_deeper_than_the_worker_writes_is_dead_lettered_whole_
     assert "Raise max_depth on the workers' VersionedSerializer" in entry.error
     assert "split the pipeline, then replay" in entry.error
     assert errors() == []
+    assert app.pending_count() == 0
+    with pytest.raises(ReplayFailed, match=re.escape("max_depth (128)")):
+        app.dead_letters.replay(entry.id)  # the same rule on replay
     assert app.pending_count() == 0
 
     raised = deep_producer(make_huey)
