@@ -17,10 +17,11 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, ParamSpec, TypeVar, cast, overload
+from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
 
-from huey.api import Huey, PeriodicTask, ResultGroup, Task, TaskWrapper, chord, group
-from huey.signals import SIGNAL_ENQUEUED
+from huey.api import Huey, PeriodicTask, Result, ResultGroup, Task, TaskWrapper, chord, group
+from huey.constants import EmptyData
+from huey.signals import SIGNAL_ENQUEUED, SIGNAL_SCHEDULED
 from huey.storage import (
     FileStorage,
     MemoryStorage,
@@ -46,6 +47,7 @@ from ._atomic import AtomicSql, atomic_for
 from ._census import CensusRow, take_census
 from ._codec import register_model
 from ._deadletters import DeadLetterStore, Requeue, backend_for
+from ._envelope import MAX_DEPTH_CEILING
 from ._fleet import (
     DEFAULT_FLEET_INTERVAL,
     FleetConsumer,
@@ -68,6 +70,7 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
+from ._revocations import check_record, restore_hint
 from ._rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
     DEFAULT_NEWER_VERSION_MAX_AGE,
@@ -119,6 +122,16 @@ _EXECUTING: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
 _RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "versioned_tasks_running", default=frozenset()
 )
+
+
+class _Kept(NamedTuple):
+    """A dead letter the worker writes for a task Huey could not write."""
+
+    raw: bytes
+    reason: str
+    task: str
+    version: int | None
+    error: str
 
 
 class VersionedTaskWrapper(TaskWrapper, Generic[P, R]):  # type: ignore[misc]
@@ -271,8 +284,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters_lock = threading.Lock()
         self._atomic_sql: AtomicSql | None = None
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
-        self._reader = Reader(self.schema, serializer.unpack, self._plain_task)
+        self._reader = Reader(
+            self.schema, serializer.unpack, self._plain_task, max_depth=serializer.max_depth
+        )
         self._writer = Writer(self.schema, serializer.frame, app_build)
+        #: Keeps what the worker cannot write within max_depth (see _beyond_limits).
+        self._deep_writer = Writer(self.schema, serializer.frame_deep, app_build)
         self._configure_emit(emit, old_schemas)
         # Adopting a pickle queue: legacy bytes are converted where they are read.
         self._legacy = build_converter(self, legacy_pickle)
@@ -739,7 +756,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def _enqueue_encoded(self, task: Task, data: bytes) -> Any:
         self._emit(SIGNAL_ENQUEUED, task)
         if self._immediate:
-            self.execute(self.deserialize_task(data))
+            self.execute(remember_dequeued(self.deserialize_task(data), data))
         else:
             self.storage.enqueue(data, task.priority)
         return self._enqueued_result(task)
@@ -766,35 +783,88 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         except (InvalidArguments, EncodeError) as exc:
             if task.id not in _RUNNING.get():
                 raise
-            # A callback or retry enqueued by Huey inside the worker: raising
-            # here would lose it, so keep its arguments as they are.
+            # A callback, retry or schedule move written by Huey inside the
+            # worker: raising here would lose it, so it is kept as a dead letter.
+            kept = self._unwritable(task, exc)
             try:
-                raw = self._writer.encode(task, validate=False)
-            except EncodeError as again:
-                logger.critical(
-                    "Huey enqueued %r inside the worker, and it cannot be written even "
-                    "unchecked (%s); it is lost: %r",
-                    task.id,
-                    again,
-                    task,
-                )
-                raise exc from again
-            reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
-            spec = getattr(type(task), "_vt_spec", None)
-            name = spec.name if spec else _plain_name(task)
-            version = _wire_version(task, spec)
-            error = (
-                f"Huey enqueued {name!r} version {version} inside the worker (a pipeline "
-                f"step, on_error handler, chord callback or retry) with arguments that do "
-                f"not fit: {error_detail(exc)}. Fix the task's signature or the caller, "
-                f"then replay."
-            )
-            try:
-                self._dead_letter(raw, reason, name, version, error)
+                self._dead_letter(kept.raw, kept.reason, kept.task, kept.version, kept.error)
             except Exception:
-                self._rescue(raw)
+                self._rescue(kept.raw)
                 raise
             return None
+
+    def _unwritable(self, task: Task, exc: Exception) -> _Kept:
+        """What to keep of a task Huey could not write inside the worker."""
+        name, version = _task_identity(task)
+        where = (
+            f"Huey enqueued {name!r} version {version} inside the worker (a pipeline "
+            f"step, on_error handler, chord callback, retry or schedule move)"
+        )
+        try:
+            raw = self._writer.encode(task, validate=False)
+        except EncodeError as again:
+            return self._beyond_limits(task, where, again)
+        reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
+        error = (
+            f"{where} with arguments that do not fit: {error_detail(exc)}. Fix the task's "
+            f"signature or the caller, then replay."
+        )
+        return _Kept(raw, reason, name, version, error)
+
+    def _beyond_limits(self, task: Task, where: str, exc: EncodeError) -> _Kept:
+        if task is _EXECUTING.get():
+            # A retry or a move to the schedule: the bytes it was dequeued from
+            # are the message itself.
+            return self._parent_bytes(task, where, exc)
+        try:
+            raw = self._deep_writer.encode(task, validate=False)
+        except EncodeError as last:
+            return self._parent_bytes(task, where, last)
+        error = (
+            f"{where}, and it cannot be written within this worker's limits ({exc}). It "
+            f"was kept as written with max_depth {MAX_DEPTH_CEILING}: raise max_depth on "
+            f"the workers' VersionedSerializer, or split the pipeline, then replay."
+        )
+        # undecodable: these bytes nest deeper than this worker reads or writes
+        # (its reader refuses such callbacks); they replay once max_depth is raised.
+        return _Kept(raw, "undecodable", *_task_identity(task), error)
+
+    def _parent_bytes(self, task: Task, where: str, exc: EncodeError) -> _Kept:
+        """The bytes of the task being executed, which hold ``task`` (or are it)."""
+        parent = _EXECUTING.get()
+        raw = dequeued_bytes(parent) if parent is not None else None
+        if parent is None or raw is None:
+            # Not in a worker's run of a dequeued task: the caller sees the
+            # error, as on any write.
+            raise exc
+        if parent is task:
+            note = (
+                "These are the bytes it was dequeued from: replaying them runs it as it "
+                "was first enqueued."
+            )
+        else:
+            note = (
+                f"These are the bytes of the task that enqueued it (id {parent.id}), which "
+                f"had already run: replaying them runs it again, then the rest of its chain."
+            )
+        error = (
+            f"{where}, and it cannot be written here ({exc}). {note} Make the data "
+            f"smaller or flatter, or raise the limits of the workers' VersionedSerializer."
+        )
+        # undecodable, as above: what failed is the writing, not the task's schema.
+        return _Kept(raw, "undecodable", *_task_identity(parent), error)
+
+    def add_schedule(self, task: Task) -> None:
+        """Huey's add_schedule; a task Huey moves to the schedule inside the worker
+        (a retry with a delay, an eta not yet due) that cannot be written is
+        dead-lettered rather than lost."""
+        data = self._encode_or_dead_letter(task)
+        if data is None:
+            return
+        eta = task.eta or datetime.datetime.fromtimestamp(0)
+        self.storage.add_to_schedule(data, eta)
+        logging.getLogger("huey").info("Added task %s to schedule, eta %s", task.id, eta)
+        self._emit(SIGNAL_SCHEDULED, task)
 
     def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
         """Huey's execute, remembering which callbacks this task may enqueue."""
@@ -811,30 +881,67 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         read dead-letters the task instead of losing it.
 
         Huey checks revocations after the message left the queue: an error here
-        would drop the task. The task is kept, as it was dequeued, under the
-        reason of the record (``undecodable`` or ``bad_signature``), and counts
-        as revoked for this run. Outside the worker the error is raised.
+        would drop the task. A record that is not an envelope, not the pair
+        ``(revoke_until, revoke_once)`` Huey writes, or whose time cannot be
+        compared, keeps the task, with the bytes it was dequeued from, under
+        ``undecodable`` (``bad_signature`` for a signature), and the task counts
+        as revoked for this run.
+
+        Raises:
+            DecodeError: outside the worker, for such a record (SignatureError
+                for a signature), naming the task, the key and the fix.
         """
-        try:
-            return bool(super().is_revoked(task, timestamp, peek))
-        except DecodeError as exc:
-            if _EXECUTING.get() is not task:
-                raise
-            reason = "bad_signature" if isinstance(exc, SignatureError) else "undecodable"
-            spec = getattr(type(task), "_vt_spec", None)
-            name = spec.name if spec is not None else _plain_name(task)
-            error = (
-                f"A revocation record of this task cannot be read ({exc}); the task was not "
-                f"run. Delete or rewrite the record (huey.restore_by_id / restore_all), "
-                f"then replay."
-            )
-            raw = self._writer.encode(task, validate=False)
+        keys = self._revoke_keys(task)
+        data = self.storage.peek_many(keys)
+        for key in keys:
             try:
-                self._dead_letter(raw, reason, name, _wire_version(task, spec), error)
-            except Exception:
-                self._rescue(raw)
-                raise
-            return True
+                revoked, restore = check_record(
+                    data.get(key, EmptyData),
+                    self.serializer.deserialize,
+                    timestamp,
+                    self._get_timestamp,
+                    peek=peek,
+                )
+            except DecodeError as exc:
+                error = self._revocation_error(task, key, exc)
+                if _EXECUTING.get() is not task:
+                    raise error from None
+                self._dead_letter_revoked(task, error)
+                return True
+            if restore:
+                self.delete(key)
+            if revoked:
+                return True
+        return False
+
+    def _revocation_error(self, task: Any, key: str, exc: DecodeError) -> DecodeError:
+        text = (
+            f"The revocation record {key!r} of {_revoked_subject(task)} cannot be read: "
+            f"{str(exc).rstrip('.')}"
+        )
+        if _EXECUTING.get() is task:
+            text += f"; the task was not run. Delete it with {restore_hint(key)}, then replay "
+            text += "this dead letter."
+        else:
+            text += f". Delete it with {restore_hint(key)}."
+        if isinstance(exc, SignatureError):
+            return SignatureError(text, key_id=exc.key_id)
+        return DecodeError(text)
+
+    def _dead_letter_revoked(self, task: Task, error: DecodeError) -> None:
+        reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
+        name, version = _task_identity(task)
+        raw = dequeued_bytes(task)
+        if raw is None:
+            # Not dequeued by this app (a task handed to execute() directly):
+            # there are no bytes off the queue, and its own encoding is the
+            # closest there is to what was enqueued.
+            raw = self._writer.encode(task, validate=False)
+        try:
+            self._dead_letter(raw, reason, name, version, str(error))
+        except Exception:
+            self._rescue(raw)
+            raise
 
     # -- reading ---------------------------------------------------------------
 
@@ -1112,6 +1219,30 @@ def _plain_name(task: Task) -> str:
     """A plain task's name on the wire: its Huey registry key."""
     kind = type(task)
     return f"{kind.__module__}.{kind.__name__}"
+
+
+def _revoked_subject(task: Any) -> str:
+    """What ``is_revoked(task)`` is about, for its errors: task name and version."""
+    if isinstance(task, Result):
+        task = task.task
+    if isinstance(task, TaskWrapper):
+        task = task.task_class
+    if isinstance(task, Task):
+        name, version = _task_identity(task)
+    elif isinstance(task, type):
+        spec = getattr(task, "_vt_spec", None)
+        name = spec.name if spec is not None else f"{task.__module__}.{task.__name__}"
+        version = spec.version if spec is not None else None
+    else:
+        return f"the task with id {task!r}"
+    return f"task {name!r} " + (f"version {version}" if version is not None else "(unversioned)")
+
+
+def _task_identity(task: Task) -> tuple[str, int | None]:
+    """A task's name and version on the wire."""
+    spec = getattr(type(task), "_vt_spec", None)
+    name = spec.name if spec is not None else _plain_name(task)
+    return name, _wire_version(task, spec)
 
 
 def _wire_version(task: Task, spec: TaskSpec | None) -> int | None:

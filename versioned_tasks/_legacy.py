@@ -447,7 +447,9 @@ class LegacyReader(Reader):
     """The app's Reader, converting legacy pickle on the way in (envelopes as before)."""
 
     def __init__(self, reader: Reader, converter: LegacyConverter) -> None:
-        super().__init__(reader.registry, reader.unpack, reader.plain_task)
+        super().__init__(
+            reader.registry, reader.unpack, reader.plain_task, max_depth=reader.max_depth
+        )
         self.converter = converter
 
     def read(self, raw: bytes) -> Outcome:

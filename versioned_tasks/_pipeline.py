@@ -171,10 +171,15 @@ class Reader:
         registry: SchemaRegistry,
         unpack: Unpack,
         plain_task: Callable[[str], type[Task] | None],
+        *,
+        max_depth: int = _envelope.DEFAULT_MAX_DEPTH,
     ) -> None:
         self.registry = registry
         self.unpack = unpack
         self.plain_task = plain_task
+        #: The reader's serializer's max_depth: a callback nested so deep that
+        #: its header could not be written again by this app is refused.
+        self.max_depth = max_depth
 
     def read(self, raw: bytes) -> Outcome:
         """Run the whole pipeline on one stored message; never raises for bad bytes."""
@@ -230,6 +235,8 @@ class Reader:
             return Rejected("undecodable", named, None, _identity_error(header))
         try:
             return self._read_task(name, version, header, body)
+        except _TooDeep as deep:
+            return Rejected(deep.reason, name, version, deep.describe(f"Task {name!r}", version))
         except _Reject as rej:
             return Rejected(rej.reason, name, version, rej.error)
         except _Defer as defer:
@@ -280,7 +287,8 @@ class Reader:
         else:
             task_class = self._plain_class(resolved, name)
             args, kwargs = _plain_arguments(header, body)
-        task = _build_task(task_class, args, kwargs, header, self._nested_tasks(header, "$"))
+        nested = self._nested_tasks(header, "$", 1)
+        task = _build_task(task_class, args, kwargs, header, nested)
         if spec is not None:
             _mark(task, spec.version, spec.params, header)
         return task
@@ -316,28 +324,37 @@ class Reader:
             payload = upcast(self.registry, spec, wire_version, payload)
         return _validate(spec, wire_version, lambda: spec.load_payload(payload))
 
-    def _nested_tasks(self, header: Mapping[str, Any], path: str) -> dict[str, Any]:
+    def _nested_tasks(self, header: Mapping[str, Any], path: str, depth: int) -> dict[str, Any]:
+        """The callbacks of the object ``header``, which sits ``depth`` levels deep."""
         nested: dict[str, Any] = {}
         for key in ("on_complete", "on_error"):
             obj = header.get(key)
             if obj is not None:
-                nested[key] = self._nested(obj, f"{path}.{key}")
+                nested[key] = self._nested(obj, f"{path}.{key}", depth + 1)
         chord = header.get("chord")
         if chord is not None:
-            nested["chord_config"] = self._chord(chord, f"{path}.chord")
+            nested["chord_config"] = self._chord(chord, f"{path}.chord", depth + 1)
         return nested
 
-    def _chord(self, chord: Any, path: str) -> ChordConfig:
+    def _chord(self, chord: Any, path: str, depth: int) -> ChordConfig:
         if type(chord) is not dict:
             raise _Reject("undecodable", f"{path} is not an object.")
         cid, size, idx = chord.get("cid"), chord.get("size"), chord.get("idx")
         if type(cid) is not str or type(size) is not int or type(idx) is not int:
             raise _Reject("undecodable", f"{path} needs cid (string), size and idx (integers).")
-        return ChordConfig(cid, size, idx, self._nested(chord.get("callback"), f"{path}.callback"))
+        callback = self._nested(chord.get("callback"), f"{path}.callback", depth + 1)
+        return ChordConfig(cid, size, idx, callback)
 
-    def _nested(self, obj: Any, path: str) -> Task:
+    def _nested(self, obj: Any, path: str, depth: int) -> Task:
         if type(obj) is not dict:
             raise _Reject("undecodable", f"Callback {path} is not an object.")
+        if depth >= self.max_depth:
+            # Its arguments (always written, as a list) would nest one level
+            # deeper still: past max_depth, which the worker must keep to when
+            # it writes the rest of the chain after a step, a retry or a move
+            # to the schedule. Refused here, before anything runs, rather than
+            # lost after the first step.
+            raise _TooDeep(depth, obj, self.max_depth)
         name, version = _identity(obj)
         if name is None:
             raise _Reject("undecodable", f"Callback {path}: {_identity_error(obj)}")
@@ -349,11 +366,49 @@ class Reader:
             raise _Defer(name, version or 1, spec.version)
         task_class = spec.task_class if spec is not None else self._plain_class(resolved, name)
         args, kwargs = _codec_arguments(obj, path)
-        task = _build_task(task_class, args, kwargs, obj, self._nested_tasks(obj, path))
+        nested = self._nested_tasks(obj, path, depth)
+        task = _build_task(task_class, args, kwargs, obj, nested)
         if spec is not None:
             params = obj.get("params")
             _mark(task, version or 1, _params(params, spec), obj)
         return task
+
+
+class _TooDeep(_Reject):
+    """A callback nested deeper than the reader's max_depth allows."""
+
+    def __init__(self, depth: int, obj: dict[str, Any], limit: int) -> None:
+        # Only a refused message pays for this walk over the rest of its header.
+        self.levels = depth + _callback_levels(obj) + 1
+        self.limit = limit
+        super().__init__("undecodable", self.describe("The message", None))
+
+    def describe(self, name: str, version: int | None) -> str:
+        subject = name if version is None else f"{name} version {version}"
+        return (
+            f"{subject} has callbacks nested so deep that its header nests at least "
+            f"{self.levels} levels (with their arguments), more than this worker's "
+            f"max_depth ({self.limit}): after a step it could not write the rest of the "
+            f"chain again, so nothing of it was run. Raise max_depth on the workers' "
+            f"VersionedSerializer (at most {_envelope.MAX_DEPTH_CEILING}; on producers "
+            f"too) or split the pipeline, then replay."
+        )
+
+
+def _callback_levels(obj: dict[str, Any]) -> int:
+    """How many levels the callbacks nested in ``obj`` add below it (no recursion)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(obj, 0)]
+    while stack:
+        current, level = stack.pop()
+        if type(current) is not dict:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((current.get(key), level + 1) for key in ("on_complete", "on_error"))
+        chord = current.get("chord")
+        if type(chord) is dict:
+            stack.append((chord.get("callback"), level + 2))
+    return deepest
 
 
 def upcast(registry: SchemaRegistry, spec: TaskSpec, version: int, payload: Any) -> dict[str, Any]:
@@ -714,12 +769,12 @@ class Writer:
             identity = self._identity(task, spec, wire)
             identity["form"] = _FORM_POSITIONAL
             head = _OPEN_TASK + orjson.dumps(identity)[1:-1]
-            body = orjson.dumps(_arguments(task, ""))
+            body = _dumps(_arguments(task, ""), "its arguments")
         extra = b""
         if _has_scheduling(task):
             fields: dict[str, Any] = {}
             scheduling_fields(task, fields, "", self._nested)
-            extra = b"," + orjson.dumps(fields)[1:-1]
+            extra = b"," + _dumps(fields, "its callbacks and scheduling fields")[1:-1]
         at = wire[2] if wire is not None and wire[2] is not None else time.time()
         ident = orjson.dumps({"id": task.id, "at": at})
         return self.frame(b"%s,%s%s%s}" % (head, ident[1:-1], self._tail, extra), body)
@@ -836,6 +891,13 @@ class Writer:
 
 
 _OPEN_TASK: Final = b'{"kind":"task",'
+
+
+def _dumps(obj: Any, what: str) -> bytes:
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError as exc:  # nesting past orjson's own limit
+        raise EncodeError(f"{what} cannot be written as JSON ({exc}); flatten them.") from None
 
 
 def _at(path: str, key: str) -> str:

@@ -102,11 +102,21 @@ class VersionedSerializer(Serializer):  # type: ignore[misc]
             keyring=self._keyring,
             accept_unsigned=self.accept_unsigned,
         )
+        self.frame_deep = _envelope.codec(
+            max_size=self.max_size,
+            max_depth=_envelope.MAX_DEPTH_CEILING,
+            keyring=self._keyring,
+            accept_unsigned=self.accept_unsigned,
+        )[0]
 
     #: Frame header JSON bytes and body JSON bytes into envelope bytes (signed
     #: when keys are configured); raises EnvelopeTooLarge or EncodeError for
     #: what a reader would refuse.
     frame: _envelope.Frame
+
+    #: ``frame`` with max_depth at its ceiling: what a worker writes to keep a
+    #: message it cannot write within its own max_depth (as a dead letter).
+    frame_deep: _envelope.Frame
 
     #: Split envelope bytes into the parsed header and the body bytes; raises
     #: DecodeError for anything that is not a well-formed envelope within the
