@@ -154,10 +154,27 @@ class DeadLetterStore:
         error: str,
         task: str | None = None,
         version: int | None = None,
+        inflight: str | None = None,
     ) -> DeadLetter:
-        """Store a message that cannot run; returns the new entry."""
+        """Store a message that cannot run; returns the new entry.
+
+        ``inflight`` (Redis only) names the in-flight list the bytes were moved
+        to when they were dequeued; they leave it in the same transaction as the
+        entry is written.
+
+        Raises:
+            ConfigurationError: ``inflight`` on a store that is not on Redis.
+        """
         entry = new_entry(reason, raw, error, task, version)
-        self._backend.add(entry)
+        if inflight is None:
+            self._backend.add(entry)
+        elif isinstance(self._backend, RedisBackend):
+            self._backend.add(entry, inflight=inflight)
+        else:
+            raise ConfigurationError(
+                f"inflight= needs a dead-letter store on Redis, not "
+                f"{type(self._backend).__name__}."
+            )
         return entry
 
     def get(self, id: str) -> DeadLetter:
@@ -434,11 +451,14 @@ class RedisBackend:
         meta, _, raw = bytes(data).partition(b"\n")
         return _from_meta(orjson.loads(meta), raw)
 
-    def add(self, entry: DeadLetter) -> None:
+    def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None:
+        """Write the entry; with ``inflight``, also remove its bytes from that list."""
         seq = self._conn.incr(self._seq)
         pipe = self._conn.pipeline(transaction=True)
         pipe.hset(self._entries, entry.id, self._pack(entry))
         pipe.zadd(self._index, {entry.id: seq})
+        if inflight is not None:
+            pipe.lrem(inflight, 1, entry.raw)
         pipe.execute()
 
     def get(self, id: str) -> DeadLetter | None:
