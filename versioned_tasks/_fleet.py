@@ -456,7 +456,7 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
         if inflight is not None:
             # Seen live before any list of ours exists, so no one recovers it.
             self.heartbeat._safely(self.heartbeat.beat)
-            inflight.consumer_id = self.heartbeat.id
+            inflight.start(self.heartbeat.id, self._worker_names())
             self.heartbeat.after_beat.append(self.keep_in_flight)
             self.heartbeat._safely(self.keep_in_flight)
         super().start()
@@ -504,7 +504,7 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
             for _, process in self.worker_threads
             if not self.environment.is_alive(process)
         ]
-        inflight.consumer_id = None
+        inflight.stop()
         self.heartbeat._safely(
             lambda: self._log_released(inflight.release(self.heartbeat.id, stopped))
         )

@@ -150,9 +150,11 @@ class Slot:
 class InflightLists:
     """The in-flight lists of one app on a Redis storage.
 
-    ``consumer_id`` is set by the consumer (its heartbeat id) before its
-    workers start; while it is None, ``slot()`` is None and the app pops as
-    plain Huey does (a ``huey.dequeue()`` outside a consumer).
+    ``start(consumer, workers)`` is called by the consumer (with its heartbeat
+    id and its workers' names) before its workers start. Only those workers
+    pop reliably; anywhere else (a ``huey.dequeue()`` outside a consumer, or
+    beside one) ``slot()`` is None and the app pops as plain Huey does, since
+    nothing would settle what it holds.
     """
 
     def __init__(self, storage: RedisStorage) -> None:
@@ -162,6 +164,7 @@ class InflightLists:
         self._settle_and_pop = storage.conn.register_script(_SETTLE_AND_POP_LUA)
         self._local = threading.local()
         self.consumer_id: str | None = None
+        self.workers: frozenset[str] = frozenset()
 
     def __repr__(self) -> str:
         return f"<InflightLists {self.registry}>"
@@ -178,6 +181,16 @@ class InflightLists:
             return None
         return text[len(prefix) :].split("/", 1)[0]
 
+    def start(self, consumer: str, workers: Iterable[str]) -> None:
+        """From now on, these workers of ``consumer`` (in this process and its
+        forked children) pop reliably."""
+        self.workers = frozenset(workers)
+        self.consumer_id = consumer
+
+    def stop(self) -> None:
+        """The consumer stopped: no more reliable pops in this process."""
+        self.consumer_id = None
+
     # -- in the worker ---------------------------------------------------------------
 
     def slot(self) -> Slot | None:
@@ -188,7 +201,10 @@ class InflightLists:
         slot: Slot | None = getattr(self._local, "slot", None)
         pid = os.getpid()
         if slot is None or slot.consumer != consumer or slot.pid != pid:
-            slot = Slot(self.key_for(consumer, _worker_name()), consumer, pid)
+            worker = _worker_name()
+            if worker not in self.workers:
+                return None
+            slot = Slot(self.key_for(consumer, worker), consumer, pid)
             self._local.slot = slot
         return slot
 
