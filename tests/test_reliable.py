@@ -536,3 +536,21 @@ def test_a_task_interrupted_by_a_consumer_stopping_goes_back_to_the_queue(
     assert in_flight(conn, queue_name) == []
     assert conn.exists(f"huey.inflight.{queue_name}") == 0
     assert conn.llen(queue_name + ":done") == 0
+
+
+def test_an_unreadable_revocation_record_dead_letters_the_dequeued_bytes_and_settles_them(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """Huey reads revocations after the pop: with reliable fetch the task's exact bytes
+    are dead-lettered and leave the in-flight list in one transaction."""
+    app = recording_app(queue_name)
+    [work] = [t for t in app._registry._registry.values() if t._vt_spec.name == "rel.work"]
+    app.storage.put_data(app._task_key(work, "rt"), b"\x80\x04junk")
+    raw = send(queue_name, "rel.work", 2)
+    with running_consumer(app, workers=1):
+        wait_for(lambda: len(app.dead_letters) == 1)
+        wait_for(lambda: in_flight(conn, queue_name) == [])
+    [entry] = app.dead_letters
+    assert (entry.reason, entry.task, entry.raw) == ("undecodable", "rel.work", raw)
+    assert "revocation record" in entry.error
+    assert conn.llen(queue_name + ":started") == 0

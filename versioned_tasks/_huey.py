@@ -884,9 +884,22 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 f"run. Delete or rewrite the record (huey.restore_by_id / restore_all), "
                 f"then replay."
             )
+            version = _wire_version(task, spec)
+            slot, dequeued = _in_flight(task), dequeued_bytes(task)
+            if slot is not None and dequeued is not None:
+                # In flight: the exact bytes leave the list with the dead-letter write.
+                del task.__dict__["_vt_slot"]
+                key = slot.key
+
+                def dead_letter() -> None:
+                    self._dead_letter(dequeued, reason, name, version, error, inflight=key)
+
+                with contextlib.suppress(Exception):
+                    self._settle(slot, dequeued, dead_letter)
+                return True
             raw = self._writer.encode(task, validate=False)
             try:
-                self._dead_letter(raw, reason, name, _wire_version(task, spec), error)
+                self._dead_letter(raw, reason, name, version, error)
             except Exception:
                 self._rescue(raw)
                 raise
