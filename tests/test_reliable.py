@@ -554,3 +554,33 @@ def test_an_unreadable_revocation_record_dead_letters_the_dequeued_bytes_and_set
     assert (entry.reason, entry.task, entry.raw) == ("undecodable", "rel.work", raw)
     assert "revocation record" in entry.error
     assert conn.llen(queue_name + ":started") == 0
+
+
+class OldRedis(redis.Redis):  # type: ignore[misc]
+    """A client that reports a Redis 6.0 server (no LMOVE, no BLMOVE)."""
+
+    def info(self, section: Any = None, *args: Any, **kwargs: Any) -> Any:
+        info = super().info(section, *args, **kwargs)
+        return {**info, "redis_version": "6.0.16"}
+
+
+def test_on_a_redis_older_than_6_2_the_default_falls_back_to_plain_pops(
+    queue_name: str, conn: redis.Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = recording_app(queue_name)
+    app.storage.conn = OldRedis(connection_pool=app.storage.pool)
+    send(queue_name, "rel.work", 1)
+    with running_consumer(app, workers=1):
+        wait_for(lambda: conn.llen(queue_name + ":done") == 1)
+        assert conn.exists(f"huey.inflight.{queue_name}") == 0
+    assert "workers pop without reliable fetch" in caplog.text
+
+
+def test_reliable_true_on_a_redis_older_than_6_2_refuses_to_start(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    app = recording_app(queue_name, reliable=True)
+    app.storage.conn = OldRedis(connection_pool=app.storage.pool)
+    consumer = app.create_consumer(workers=1)
+    with pytest.raises(ConfigurationError, match=re.escape("reliable=True needs Redis 6.2")):
+        consumer.start()

@@ -453,7 +453,7 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
     def start(self) -> None:
         """Start the workers and the scheduler, then the heartbeat."""
         inflight = self.huey.inflight
-        if inflight is not None:
+        if inflight is not None and self._server_supports_reliable(inflight):
             # Seen live before any list of ours exists, so no one recovers it.
             self.heartbeat._safely(self.heartbeat.beat)
             inflight.start(self.heartbeat.id, self._worker_names())
@@ -461,6 +461,25 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
             self.heartbeat._safely(self.keep_in_flight)
         super().start()
         self.heartbeat.start()
+
+    @staticmethod
+    def _server_supports_reliable(inflight: Any) -> bool:
+        try:
+            supported = bool(inflight.server_supported())
+        except Exception:
+            return True  # Redis unreachable: the workers' pops will say so
+        if supported:
+            return True
+        if inflight.required:
+            raise ConfigurationError(
+                "reliable=True needs Redis 6.2 or later (LMOVE, BLMOVE); upgrade the "
+                "server or drop reliable=True."
+            )
+        logger.warning(
+            "This Redis is older than 6.2 (no LMOVE/BLMOVE): workers pop without reliable "
+            "fetch, as plain Huey does; a task running when its worker dies is lost."
+        )
+        return False
 
     def _worker_names(self) -> list[str]:
         return [str(process.name) for _, process in self.worker_threads]

@@ -247,10 +247,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             a worker process Huey restarted, go back to the queue. So after a
             crash a message runs twice only when its worker died during the
             task (at-least-once for that case, as Celery's ``acks_late``);
-            every other message runs, or is dead-lettered, once. Costs two
-            Redis commands per message. Refused (``ConfigurationError``) on
-            other storages, including the priority Redis storages, and with
-            ``fleet=False``.
+            every other message runs, or is dead-lettered, once. The removal
+            of a task that ran rides on the worker's next pop (one Lua
+            script), so a worker costs Redis no extra round trip per message.
+            Only the consumer's own thread and process workers pop this way.
+            Refused (``ConfigurationError``) on other storages, including the
+            priority Redis storages, and with ``fleet=False``.
         **huey_kwargs: every other Huey option (``results``, ``utc``,
             ``immediate``, storage options such as ``filename`` or ``url``, ...).
 
@@ -308,7 +310,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self.fleet_enabled = fleet_enabled(fleet, self.storage)
         self.reliable = reliable_enabled(reliable, self.storage, heartbeats=self.fleet_enabled)
         #: The in-flight lists of reliable fetch (None when it is off).
-        self.inflight = InflightLists(self.storage) if self.reliable else None
+        self.inflight = (
+            InflightLists(self.storage, required=reliable is True) if self.reliable else None
+        )
 
     def __repr__(self) -> str:
         return (
