@@ -6,9 +6,10 @@ on a fresh queue, then times a consumer (``--workers`` thread workers, Huey's
 blocking pop) from ``start()`` until every call ran. The two modes alternate,
 the first one swapping every round, for ``--repeat`` rounds; the best round of
 each mode is reported (the median beside it), with the ratio of the best
-rates and the Redis commands per task (the ``INFO commandstats`` delta over
-the drain: run it on a Redis of its own for clean counts) and this process's
-CPU time per task, which other load on the machine disturbs less than the rate.
+rates, and per task the Redis commands and the time Redis spent on them (the
+``INFO commandstats`` delta over the drain, commands run inside a Lua script
+included: run it on a Redis of its own for clean counts) and this process's
+CPU time, which other load on the machine disturbs less than the rate.
 
     python benchmarks/reliable.py [--url URL] [--tasks N] [--workers W] [--repeat R]
 """
@@ -45,15 +46,15 @@ class Counter:
             self.value += 1
 
 
-def command_calls(conn: redis.Redis) -> int:
-    """Commands the server has run so far (all clients)."""
-    stats = conn.info("commandstats")
-    return sum(int(entry["calls"]) for entry in stats.values())
+def command_stats(conn: redis.Redis) -> tuple[int, int]:
+    """Commands the server has run so far, and the microseconds it spent (all clients)."""
+    stats = conn.info("commandstats").values()
+    return sum(int(e["calls"]) for e in stats), sum(int(e["usec"]) for e in stats)
 
 
-def drain(url: str, tasks: int, workers: int, reliable: bool) -> tuple[float, float, float]:
-    """Seconds for a consumer to run ``tasks`` trivial tasks; commands and this
-    process's CPU microseconds per task."""
+def drain(url: str, tasks: int, workers: int, reliable: bool) -> tuple[float, ...]:
+    """Seconds for a consumer to run ``tasks`` trivial tasks; per task: Redis
+    commands, Redis microseconds and this process's CPU microseconds."""
     queue = f"vt_bench_{uuid.uuid4().hex[:10]}"
     app = VersionedRedisHuey(queue, url=url, reliable=reliable)
     counted = Counter()
@@ -66,7 +67,7 @@ def drain(url: str, tasks: int, workers: int, reliable: bool) -> tuple[float, fl
         noop(n)
     conn = redis.Redis.from_url(url)
     consumer = app.create_consumer(workers=workers, **CONSUMER_OPTIONS)
-    before = command_calls(conn)
+    calls, usec = command_stats(conn)
     start, cpu = time.perf_counter(), time.process_time()
     consumer.start()
     try:
@@ -74,13 +75,14 @@ def drain(url: str, tasks: int, workers: int, reliable: bool) -> tuple[float, fl
             time.sleep(0.002)
         elapsed = time.perf_counter() - start
         cpu = time.process_time() - cpu
-        commands = command_calls(conn) - before
+        after = command_stats(conn)
+        calls, usec = after[0] - calls, after[1] - usec
     finally:
         consumer.stop(graceful=True)
         for key in conn.scan_iter(match=f"*{queue}*"):
             conn.delete(key)
         conn.close()
-    return elapsed, commands / tasks, cpu / tasks * 1e6
+    return elapsed, calls / tasks, usec / tasks, cpu / tasks * 1e6
 
 
 def main() -> None:
@@ -93,13 +95,15 @@ def main() -> None:
 
     rates: dict[bool, list[float]] = {False: [], True: []}
     commands: dict[bool, list[float]] = {False: [], True: []}
+    server: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     for round_ in range(args.repeat):
         order = (False, True) if round_ % 2 == 0 else (True, False)
         for reliable in order:
-            seconds, per_task, cpu_us = drain(args.url, args.tasks, args.workers, reliable)
+            seconds, calls, usec, cpu_us = drain(args.url, args.tasks, args.workers, reliable)
             rates[reliable].append(args.tasks / seconds)
-            commands[reliable].append(per_task)
+            commands[reliable].append(calls)
+            server[reliable].append(usec)
             cpu[reliable].append(cpu_us)
 
     print(f"{args.tasks} trivial tasks, {args.workers} thread workers, best of {args.repeat}")
@@ -107,8 +111,8 @@ def main() -> None:
         print(
             f"  {label:9} {max(rates[reliable]):8.0f} msgs/s "
             f"(median {statistics.median(rates[reliable]):.0f}), "
-            f"{min(commands[reliable]):.2f} Redis commands and "
-            f"{min(cpu[reliable]):.0f} us of CPU per task"
+            f"per task: {min(commands[reliable]):.2f} Redis commands taking "
+            f"{min(server[reliable]):.1f} us in Redis, {min(cpu[reliable]):.0f} us of CPU here"
         )
     ratio = max(rates[True]) / max(rates[False])
     print(f"  reliable / plain: {ratio:.3f} ({(1 - ratio) * 100:+.1f}% cost)")

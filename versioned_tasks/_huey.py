@@ -248,8 +248,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             crash a message runs twice only when its worker died during the
             task (at-least-once for that case, as Celery's ``acks_late``);
             every other message runs, or is dead-lettered, once. The removal
-            of a task that ran rides on the worker's next pop (one Lua
-            script), so a worker costs Redis no extra round trip per message.
+            of a task that ran rides on the worker's next pop (one pipelined
+            round trip), so a worker costs Redis no extra round trip per message.
             Only the consumer's own thread and process workers pop this way.
             Refused (``ConfigurationError``) on other storages, including the
             priority Redis storages, and with ``fleet=False``.

@@ -8,9 +8,9 @@ the outcome is stored: the task ran (whatever its result), or the message was
 dead-lettered, deferred to the schedule, put back on the queue or handed to a
 tombstone handler. Where the outcome is itself a Redis write, the write and
 the ``LREM`` are one transaction. For a task that ran, the ``LREM`` rides on
-the worker's next pop (one Lua script: ``LREM`` then ``LMOVE``; ``BLMOVE``
-only when the queue was empty), which Huey's worker makes as soon as
-``execute()`` returns, or at the worker's shutdown: reliable fetch then
+the worker's next pop (one pipelined round trip: ``LREM`` then ``LMOVE``;
+``BLMOVE`` only when the queue was empty), which Huey's worker makes as soon
+as ``execute()`` returns, or at the worker's shutdown: reliable fetch then
 costs no extra round trip per message.
 
 Keys, under the queue's name:
@@ -68,17 +68,6 @@ if ARGV[2] == '1' then
     redis.call('SREM', KEYS[3], ARGV[1])
 end
 return moved
-"""
-
-
-#: Removes the messages this worker settled since its last pop (ARGV), then
-#: moves the next message into its list: the acknowledgement of a task that
-#: ran rides on the worker's next pop, at no extra round trip.
-_SETTLE_AND_POP_LUA: Final = """
-for i = 1, #ARGV do
-    redis.call('LREM', KEYS[2], 1, ARGV[i])
-end
-return redis.call('LMOVE', KEYS[1], KEYS[2], 'RIGHT', 'LEFT')
 """
 
 
@@ -169,7 +158,6 @@ class InflightLists:
         self.required = required
         self.registry = inflight_prefix(storage)
         self._recover = storage.conn.register_script(_RECOVER_LUA)
-        self._settle_and_pop = storage.conn.register_script(_SETTLE_AND_POP_LUA)
         self._local = threading.local()
         self.consumer_id: str | None = None
         self.workers: frozenset[str] = frozenset()
@@ -237,9 +225,7 @@ class InflightLists:
             self._clean(slot)
         storage = self.storage
         try:
-            raw: bytes | None = self._settle_and_pop(
-                keys=[storage.queue_key, slot.key], args=slot.ran
-            )
+            raw = self._settle_and_pop(storage.queue_key, slot.key, slot.ran)
             slot.ran.clear()
             if raw is None and storage.blocking:
                 raw = storage.conn.blmove(
@@ -254,6 +240,20 @@ class InflightLists:
             slot.dirty = True
             raise
         return raw
+
+    def _settle_and_pop(self, queue: str, key: str, ran: list[bytes]) -> bytes | None:
+        # One round trip, no transaction: each command is atomic on its own, and
+        # a Lua script would cost Redis three times the CPU of the two commands.
+        conn = self.storage.conn
+        if not ran:
+            raw: bytes | None = conn.lmove(queue, key, "RIGHT", "LEFT")
+            return raw
+        pipe = conn.pipeline(transaction=False)
+        for done in ran:
+            pipe.lrem(key, 1, done)
+        pipe.lmove(queue, key, "RIGHT", "LEFT")
+        moved: bytes | None = pipe.execute()[-1]
+        return moved
 
     def _clean(self, slot: Slot) -> None:
         # Once the settlements are made, what is left in the list is no task's
