@@ -584,3 +584,36 @@ def test_reliable_true_on_a_redis_older_than_6_2_refuses_to_start(
     consumer = app.create_consumer(workers=1)
     with pytest.raises(ConfigurationError, match=re.escape("reliable=True needs Redis 6.2")):
         consumer.start()
+
+
+def test_deferred_requeued_and_handled_messages_leave_nothing_in_flight(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """A newer message is handed back to the queue, then deferred to the schedule with
+    its exact bytes; a retired one goes to its tombstone handler once."""
+    newer = VersionedRedisHuey(queue_name, url=REDIS_URL)
+
+    @newer.versioned_task(version=3, name="rel.convert")
+    def convert(n: int, unit: str) -> None: ...
+
+    newer_raw = message(newer, "rel.convert", 8, unit="kg")
+    newer.storage.enqueue(newer_raw)
+    send(queue_name, "rel.work", 6)
+    app = VersionedRedisHuey(queue_name, url=REDIS_URL, fleet_interval=INTERVAL)
+    handled: list[int] = []
+
+    @app.versioned_task(version=2, name="rel.convert")
+    def convert_v2(n: int, unit: str) -> None: ...
+
+    @app.tombstone("rel.work")
+    def work_retired(retired: Any) -> None:
+        handled.append(retired.payload["n"])
+
+    with running_consumer(app, workers=2):
+        wait_for(lambda: conn.zcard(f"huey.schedule.{queue_name}") == 1 and handled == [6])
+        wait_for(lambda: in_flight(conn, queue_name) == [])
+    assert conn.zrange(f"huey.schedule.{queue_name}", 0, -1) == [newer_raw]
+    assert app.deferral_counts() == {"rel.convert": 1}
+    assert handled == [6]
+    assert app.pending_count() == 0
+    assert len(app.dead_letters) == 0
