@@ -617,3 +617,20 @@ def test_deferred_requeued_and_handled_messages_leave_nothing_in_flight(
     assert handled == [6]
     assert app.pending_count() == 0
     assert len(app.dead_letters) == 0
+
+
+def test_a_second_consumer_on_the_same_app_object_is_refused_while_the_first_runs(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """Workers of two consumers would share in-flight list names; a second app object is fine."""
+    app = recording_app(queue_name)
+    with running_consumer(app, workers=1) as first:
+        second = app.create_consumer(workers=1)
+        with pytest.raises(ConfigurationError, match=re.escape(f"({first.heartbeat.id})")):
+            second.start()
+        with running_consumer(recording_app(queue_name), workers=1):
+            send(queue_name, "rel.work", 1)
+            wait_for(lambda: conn.llen(queue_name + ":done") == 1)
+    with running_consumer(app, workers=1):
+        send(queue_name, "rel.work", 2)
+        wait_for(lambda: conn.llen(queue_name + ":done") == 2)

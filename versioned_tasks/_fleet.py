@@ -453,6 +453,12 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
     def start(self) -> None:
         """Start the workers and the scheduler, then the heartbeat."""
         inflight = self.huey.inflight
+        if inflight is not None and inflight.consumer_id is not None:
+            raise ConfigurationError(
+                f"This app already runs a consumer in this process ({inflight.consumer_id}); "
+                f"with reliable fetch an app keeps one set of in-flight lists: stop that "
+                f"consumer first, or give the second consumer an app of its own."
+            )
         if inflight is not None and self._server_supports_reliable(inflight):
             # Seen live before any list of ours exists, so no one recovers it.
             self.heartbeat._safely(self.heartbeat.beat)
