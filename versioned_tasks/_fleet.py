@@ -460,6 +460,10 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
                 f"consumer first, or give the second consumer an app of its own."
             )
         if inflight is not None and self._server_supports_reliable(inflight):
+            # Huey installs its signal handlers at the end of start(); with the
+            # record published first, a SIGINT in between must already stop
+            # the consumer gracefully rather than kill the process.
+            self._set_signal_handlers()
             # Seen live before any list of ours exists, so no one recovers it.
             self.heartbeat._safely(self.heartbeat.beat)
             inflight.start(self.heartbeat.id, self._worker_names())
