@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import orjson
-from huey.consumer import Consumer
+from huey.consumer import Consumer, Worker
 from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
 
 from ._version import __version__
@@ -355,6 +355,8 @@ class Heartbeat:
         self._started_at: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Run (each guarded) from the heartbeat thread after every beat.
+        self.after_beat: list[Callable[[], object]] = []
 
     def __repr__(self) -> str:
         return f"<Heartbeat {self.id} every {self.interval:g}s>"
@@ -392,6 +394,8 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._safely(self.beat)
+            for task in self.after_beat:
+                self._safely(task)
 
     def stop(self) -> None:
         """Stop publishing and remove the record."""
@@ -400,7 +404,7 @@ class Heartbeat:
             self._thread.join(_JOIN_TIMEOUT)
         self._safely(lambda: self.board.remove(self.id))
 
-    def _safely(self, action: Callable[[], None]) -> None:
+    def _safely(self, action: Callable[[], object]) -> None:
         # A storage hiccup must never stop the consumer: the record just ages,
         # and a consumer absent from the fleet only makes producers cautious.
         try:
@@ -409,8 +413,38 @@ class Heartbeat:
             logger.warning("Fleet heartbeat of %s failed.", self.id, exc_info=True)
 
 
+class FleetWorker(Worker):  # type: ignore[misc]
+    """Huey's worker; on the way out it makes the in-flight settlements it still owes."""
+
+    def shutdown(self) -> None:
+        """Run Huey's shutdown hooks, then settle what this worker still owes."""
+        super().shutdown()
+        inflight = self.huey.inflight
+        slot = inflight.current_slot() if inflight is not None else None
+        if slot is None or not (slot.pending or slot.ran):
+            return
+        try:
+            self.huey.settle_owed(slot)
+            inflight.flush_ran(slot)
+        except Exception:
+            logger.error(
+                "Worker stopped owing %d in-flight settlement(s) in %s: those messages run "
+                "again once another consumer recovers this consumer's lists.",
+                len(slot.pending) + len(slot.ran),
+                slot.key,
+                exc_info=True,
+            )
+
+
 class FleetConsumer(Consumer):  # type: ignore[misc]
-    """Huey's consumer, publishing a heartbeat between ``start()`` and ``stop()``."""
+    """Huey's consumer, publishing a heartbeat between ``start()`` and ``stop()``.
+
+    With reliable fetch, the heartbeat is published before any worker pops,
+    and after each beat the consumer names its workers' in-flight lists and
+    pushes back to the queue the lists of consumers that are gone.
+    """
+
+    worker_class = FleetWorker
 
     def __init__(self, huey: VersionedHuey, *, heartbeat: Heartbeat, **options: Any) -> None:
         self.heartbeat = heartbeat
@@ -418,12 +452,93 @@ class FleetConsumer(Consumer):  # type: ignore[misc]
 
     def start(self) -> None:
         """Start the workers and the scheduler, then the heartbeat."""
+        inflight = self.huey.inflight
+        if inflight is not None and inflight.consumer_id is not None:
+            raise ConfigurationError(
+                f"This app already runs a consumer in this process ({inflight.consumer_id}); "
+                f"with reliable fetch an app keeps one set of in-flight lists: stop that "
+                f"consumer first, or give the second consumer an app of its own."
+            )
+        if inflight is not None and self._server_supports_reliable(inflight):
+            # Huey installs its signal handlers at the end of start(); with the
+            # record published first, a SIGINT in between must already stop
+            # the consumer gracefully rather than kill the process.
+            self._set_signal_handlers()
+            # Seen live before any list of ours exists, so no one recovers it.
+            self.heartbeat._safely(self.heartbeat.beat)
+            inflight.start(self.heartbeat.id, self._worker_names())
+            self.heartbeat.after_beat.append(self.keep_in_flight)
+            self.heartbeat._safely(self.keep_in_flight)
         super().start()
         self.heartbeat.start()
+
+    @staticmethod
+    def _server_supports_reliable(inflight: Any) -> bool:
+        try:
+            supported = bool(inflight.server_supported())
+        except Exception:
+            return True  # Redis unreachable: the workers' pops will say so
+        if supported:
+            return True
+        if inflight.required:
+            raise ConfigurationError(
+                "reliable=True needs Redis 6.2 or later (LMOVE, BLMOVE); upgrade the "
+                "server or drop reliable=True."
+            )
+        logger.warning(
+            "This Redis is older than 6.2 (no LMOVE/BLMOVE): workers pop without reliable "
+            "fetch, as plain Huey does; a task running when its worker dies is lost."
+        )
+        return False
+
+    def _worker_names(self) -> list[str]:
+        return [str(process.name) for _, process in self.worker_threads]
+
+    def keep_in_flight(self) -> int:
+        """Register this consumer's in-flight lists; push back those of consumers
+        that are gone. Returns how many messages went back to the queue."""
+        inflight = self.huey.inflight
+        if inflight is None:
+            return 0
+        own = self.heartbeat.id
+        inflight.register(own, self._worker_names())
+
+        def alive() -> set[str]:
+            return {info.id for info in live_workers(self.huey)} | {own}
+
+        moved = int(inflight.recover_gone(alive))
+        if moved:
+            logger.warning(
+                "Recovered %d in-flight message(s) of stopped consumers to the queue.", moved
+            )
+        return moved
 
     def stop(self, graceful: bool = False) -> None:
         """Stop as Huey does, then stop the heartbeat and remove this consumer's record."""
         try:
             super().stop(graceful)
+            self._release_in_flight()
         finally:
             self.heartbeat.stop()
+
+    def _release_in_flight(self) -> None:
+        # Workers that have stopped hold nothing that will still settle: what
+        # they left (an interrupted task) goes back to the queue now. A worker
+        # still running keeps its list, recovered once this consumer is gone.
+        inflight = self.huey.inflight
+        if inflight is None or inflight.consumer_id != self.heartbeat.id:
+            return
+        stopped = [
+            str(process.name)
+            for _, process in self.worker_threads
+            if not self.environment.is_alive(process)
+        ]
+        inflight.stop()
+        self.heartbeat._safely(
+            lambda: self._log_released(inflight.release(self.heartbeat.id, stopped))
+        )
+
+    @staticmethod
+    def _log_released(moved: int) -> None:
+        if moved:
+            logger.warning("Put %d interrupted in-flight message(s) back on the queue.", moved)

@@ -8,6 +8,7 @@ All Huey-specific glue lives here, through Huey's own seams: ``serialize_task``,
 from __future__ import annotations
 
 import base64
+import contextlib
 import contextvars
 import datetime
 import functools
@@ -21,7 +22,7 @@ from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from huey.api import Huey, PeriodicTask, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.constants import EmptyData
-from huey.signals import SIGNAL_ENQUEUED, SIGNAL_SCHEDULED
+from huey.signals import SIGNAL_ENQUEUED, SIGNAL_INTERRUPTED, SIGNAL_SCHEDULED
 from huey.storage import (
     FileStorage,
     MemoryStorage,
@@ -70,6 +71,7 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
+from ._reliable import InflightLists, Slot, reliable_enabled
 from ._revocations import check_record, restore_hint
 from ._rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
@@ -244,6 +246,26 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             default) for Redis storages only, True or False for any storage.
         fleet_interval: seconds between two heartbeats of a consumer; one not
             seen for three intervals is no longer counted as live.
+        reliable: reliable fetch on Redis, closing Huey's window between a
+            worker's pop and the message's outcome. None (the default) turns
+            it on for RedisStorage and RedisExpireStorage (with ``fleet`` on);
+            True or False say so. A worker moves each message from the queue
+            into its own in-flight list (``BLMOVE``) and removes it once the
+            outcome is stored: the task ran (success, failure, retry,
+            revoked, expired, moved to the schedule for a future eta), or the
+            message was dead-lettered, deferred, requeued or handed to a
+            tombstone handler; where the outcome is a Redis write, in the same
+            transaction. The in-flight lists of a consumer that stopped
+            publishing its heartbeat (three missed beats, or killed), and of
+            a worker process Huey restarted, go back to the queue. So after a
+            crash a message runs twice only when its worker died during the
+            task (at-least-once for that case, as Celery's ``acks_late``);
+            every other message runs, or is dead-lettered, once. The removal
+            of a task that ran rides on the worker's next pop (one pipelined
+            round trip), so a worker costs Redis no extra round trip per message.
+            Only the consumer's own thread and process workers pop this way.
+            Refused (``ConfigurationError``) on other storages, including the
+            priority Redis storages, and with ``fleet=False``.
         **huey_kwargs: every other Huey option (``results``, ``utc``,
             ``immediate``, storage options such as ``filename`` or ``url``, ...).
 
@@ -267,6 +289,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         legacy_pickle: bool | Mapping[str, Sequence[str]] = False,
         fleet: bool | None = None,
         fleet_interval: float = DEFAULT_FLEET_INTERVAL,
+        reliable: bool | None = None,
         **huey_kwargs: Any,
     ) -> None:
         serializer = _check_serializer(serializer, huey_kwargs)
@@ -302,6 +325,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raise ConfigurationError(f"fleet_interval must be positive, got {fleet_interval!r}.")
         self.fleet_interval = float(fleet_interval)
         self.fleet_enabled = fleet_enabled(fleet, self.storage)
+        self.reliable = reliable_enabled(reliable, self.storage, heartbeats=self.fleet_enabled)
+        #: The in-flight lists of reliable fetch (None when it is off).
+        self.inflight = (
+            InflightLists(self.storage, required=reliable is True) if self.reliable else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -695,10 +723,17 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return Requeue(None if self._immediate else data, task.priority, enqueued)
 
     def _dead_letter(
-        self, raw: bytes, reason: str, task: str | None, version: int | None, error: str
+        self,
+        raw: bytes,
+        reason: str,
+        task: str | None,
+        version: int | None,
+        error: str,
+        *,
+        inflight: str | None = None,
     ) -> None:
         entry = self.dead_letters.add(
-            reason=reason, raw=raw, task=task, version=version, error=error
+            reason=reason, raw=raw, task=task, version=version, error=error, inflight=inflight
         )
         DeadLetterAction(reason, task, version, error).log(entry.id)
 
@@ -757,6 +792,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._emit(SIGNAL_ENQUEUED, task)
         if self._immediate:
             self.execute(remember_dequeued(self.deserialize_task(data), data))
+        elif _in_flight(task) is not None and not task.priority and _executing(task):
+            # A retry of the task this worker holds in flight: one transaction.
+            queue = self.storage.queue_key
+            self._settle_task(task, lambda pipe: pipe.lpush(queue, data))
         else:
             self.storage.enqueue(data, task.priority)
         return self._enqueued_result(task)
@@ -854,27 +893,57 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         # undecodable, as above: what failed is the writing, not the task's schema.
         return _Kept(raw, "undecodable", *_task_identity(parent), error)
 
+    def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
+        """Huey's execute, remembering which callbacks this task may enqueue.
+
+        With reliable fetch, the message then leaves the worker's in-flight
+        list, whatever the task did; unless the task was interrupted (the
+        consumer stopping), so that it runs again once recovered.
+        """
+        token = _RUNNING.set(_RUNNING.get() | _callback_ids(task))
+        executing = _EXECUTING.set(task)
+        try:
+            value = super().execute(task, timestamp)
+        except Exception:
+            self._settle_ran(task)
+            raise
+        finally:
+            _EXECUTING.reset(executing)
+            _RUNNING.reset(token)
+        if not task.__dict__.pop("_vt_interrupted", False):
+            self._settle_ran(task)
+        return value
+
+    def _emit(self, signal: str, task: Any, *args: Any, **kwargs: Any) -> None:
+        if signal == SIGNAL_INTERRUPTED and isinstance(task, Task) and _in_flight(task):
+            task.__dict__["_vt_interrupted"] = True
+            logger.warning(
+                "Task %s was interrupted; its message stays in flight and runs again once "
+                "this consumer is gone and another one recovers it.",
+                task.id,
+            )
+        super()._emit(signal, task, *args, **kwargs)
+
     def add_schedule(self, task: Task) -> None:
-        """Huey's add_schedule; a task Huey moves to the schedule inside the worker
-        (a retry with a delay, an eta not yet due) that cannot be written is
-        dead-lettered rather than lost."""
+        """Huey's add_schedule, for a task Huey moves to the schedule inside the
+        worker (a retry with a delay, an eta not yet due).
+
+        One that cannot be written is dead-lettered rather than lost; for the
+        task a worker holds in flight, the schedule write and the settle are
+        one transaction.
+        """
         data = self._encode_or_dead_letter(task)
         if data is None:
             return
         eta = task.eta or datetime.datetime.fromtimestamp(0)
-        self.storage.add_to_schedule(data, eta)
+        if _in_flight(task) is not None and _executing(task):
+            storage = self.storage
+            score = storage.convert_ts(eta)
+            self._settle_task(task, lambda pipe: pipe.zadd(storage.schedule_key, {data: score}))
+        else:
+            self.storage.add_to_schedule(data, eta)
         logging.getLogger("huey").info("Added task %s to schedule, eta %s", task.id, eta)
         self._emit(SIGNAL_SCHEDULED, task)
-
-    def execute(self, task: Task, timestamp: datetime.datetime | None = None) -> Any:
-        """Huey's execute, remembering which callbacks this task may enqueue."""
-        token = _RUNNING.set(_RUNNING.get() | _callback_ids(task))
-        executing = _EXECUTING.set(task)
-        try:
-            return super().execute(task, timestamp)
-        finally:
-            _EXECUTING.reset(executing)
-            _RUNNING.reset(token)
 
     def is_revoked(self, task: Any, timestamp: Any = None, peek: bool = True) -> bool:
         """Huey's is_revoked; in the worker, a revocation record that cannot be
@@ -932,6 +1001,18 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
         name, version = _task_identity(task)
         raw = dequeued_bytes(task)
+        slot = _in_flight(task)
+        if slot is not None and raw is not None:
+            # In flight: the exact bytes leave the list with the dead-letter write.
+            del task.__dict__["_vt_slot"]
+            key, dequeued = slot.key, raw
+
+            def dead_letter() -> None:
+                self._dead_letter(dequeued, reason, name, version, str(error), inflight=key)
+
+            with contextlib.suppress(Exception):
+                self._settle(slot, dequeued, dead_letter)
+            return
         if raw is None:
             # Not dequeued by this app (a task handed to execute() directly):
             # there are no bytes off the queue, and its own encoding is the
@@ -964,11 +1045,16 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """Pop the next runnable task; bad messages are dead-lettered on the way.
 
         Never raises for a bad message, and moves straight on to the next one.
-        On SQLite the pop and the dead-letter write share one transaction.
+        On SQLite the pop and the dead-letter write share one transaction; with
+        reliable fetch, the dead-letter write and the removal from the
+        worker's in-flight list do.
         """
         self._ensure_checked()
         if self._atomic is not None:
             return self._atomic.dequeue(self._decide, self._act, self._rescue)
+        slot = self.inflight.slot() if self.inflight is not None else None
+        if slot is not None:
+            return self._dequeue_reliably(slot)
         while True:
             raw = self.storage.dequeue()
             if raw is None:
@@ -1004,6 +1090,119 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 logger.exception("Could not dead-letter or defer a scheduled message.")
                 self._rescue(raw)
         return tasks
+
+    # -- reliable fetch ----------------------------------------------------------
+
+    def _dequeue_reliably(self, slot: Slot) -> Task | None:
+        """Move the next message into the worker's in-flight list; settle the bad ones.
+
+        Settlements still owed from a failed attempt are made first: a worker
+        that cannot settle takes no new message.
+        """
+        assert self.inflight is not None
+        self.settle_owed(slot)
+        while True:
+            raw = self.inflight.pop(slot)
+            if raw is None:
+                return None
+            try:
+                decision = self._decide(raw, from_schedule=False)
+            except Exception:
+                self._settle(slot, raw, self._requeue_settle(slot, raw))
+                raise
+            if isinstance(decision, Task):
+                decision.__dict__["_vt_slot"] = slot
+                return remember_dequeued(decision, raw)
+            if isinstance(decision, HandlerAction):
+                failed = self._call_handler(decision.retired)
+                if failed is None:
+                    slot.ran.append(raw)
+                    continue
+                decision = failed
+            self._settle(slot, raw, self._action_settle(slot, raw, decision))
+
+    def settle_owed(self, slot: Slot) -> None:
+        """Make the settlements this worker still owes; raises while Redis is unreachable.
+
+        A settlement whose bytes already left the list was made by the attempt
+        that seemed to fail (its reply was lost) and is not made again.
+        """
+        assert self.inflight is not None
+        while slot.pending:
+            raw, settle = slot.pending[0]
+            if self.inflight.holds(slot.key, raw):
+                settle()
+            slot.pending.pop(0)
+            logger.info("Settled an in-flight message of %s on a later attempt.", slot.key)
+
+    def _settle(self, slot: Slot, raw: bytes, settle: Callable[[], None]) -> None:
+        # A settlement that fails is owed: the bytes stay in the list (nothing
+        # is lost) and the worker makes it before its next pop.
+        try:
+            settle()
+        except Exception:
+            slot.pending.append((raw, settle))
+            logger.warning(
+                "Could not settle a message in %s; it stays there and is settled before "
+                "this worker's next pop (if this consumer stops first, it runs again "
+                "after recovery).",
+                slot.key,
+                exc_info=True,
+            )
+            raise
+
+    def _settle_ran(self, task: Task) -> None:
+        """The task's outcome is stored (or it cannot run): its message leaves the
+        list with the worker's next pop (Huey's worker pops again at once)."""
+        slot: Slot | None = task.__dict__.pop("_vt_slot", None)
+        raw = dequeued_bytes(task)
+        if slot is not None and raw is not None:
+            slot.ran.append(raw)
+
+    def _settle_task(self, task: Task, write: Callable[[Any], Any]) -> None:
+        # In the worker after the task ran: an owed settlement must not look
+        # like a failure of the task, so it is logged, not raised.
+        slot: Slot = task.__dict__.pop("_vt_slot")
+        raw = dequeued_bytes(task)
+        assert raw is not None
+        assert self.inflight is not None
+        inflight, key = self.inflight, slot.key
+        with contextlib.suppress(Exception):
+            self._settle(slot, raw, lambda: inflight.remove(key, raw, write))
+
+    def _requeue_settle(self, slot: Slot, raw: bytes) -> Callable[[], None]:
+        assert self.inflight is not None
+        inflight, queue = self.inflight, self.storage.queue_key
+        # A plain Redis queue has no priorities: exact bytes, front of the line.
+        return lambda: inflight.remove(slot.key, raw, lambda pipe: pipe.lpush(queue, raw))
+
+    def _action_settle(
+        self, slot: Slot, raw: bytes, action: DeadLetterAction | DeferAction | RequeueAction
+    ) -> Callable[[], None]:
+        """The action's write and the removal from the in-flight list, as one."""
+        assert self.inflight is not None
+        inflight, storage = self.inflight, self.storage
+        if isinstance(action, DeadLetterAction):
+            dead = action
+
+            def dead_letter() -> None:
+                self._dead_letter(
+                    raw, dead.reason, dead.task, dead.version, dead.error, inflight=slot.key
+                )
+
+            return dead_letter
+        if isinstance(action, DeferAction):
+            defer, score = action, storage.convert_ts(action.eta)
+
+            def schedule() -> None:
+                inflight.remove(
+                    slot.key, raw, lambda pipe: pipe.zadd(storage.schedule_key, {raw: score})
+                )
+                defer.log()
+                defer.done()
+
+            return schedule
+        return self._requeue_settle(slot, raw)
 
     @property
     def _atomic(self) -> AtomicSql | None:
@@ -1072,6 +1271,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             self._run_handler(raw, action.retired)
 
     def _run_handler(self, raw: bytes, retired: Retired) -> None:
+        failed = self._call_handler(retired)
+        if failed is not None:
+            self._dead_letter(raw, failed.reason, failed.task, failed.version, failed.error)
+
+    def _call_handler(self, retired: Retired) -> DeadLetterAction | None:
+        """Run the tombstone handler; the dead letter to write if it raised."""
         handler = self.schema.tombstones[retired.tombstone].handler
         assert handler is not None
         message = retired.message
@@ -1079,13 +1284,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             handler(message)
         except Exception as exc:
             logger.exception("Tombstone handler for %r failed.", retired.tombstone)
-            self._dead_letter(
-                raw,
+            return DeadLetterAction(
                 "retired",
                 message.task,
                 message.version,
                 f"Tombstone handler for {retired.tombstone!r} raised {type(exc).__name__}: {exc}",
             )
+        return None
 
     def _plain_task(self, name: str) -> type[Task] | None:
         task_class = self._registry._registry.get(name)
@@ -1197,6 +1402,17 @@ def _callback_ids(task: Task) -> frozenset[str]:
         if step is not None:
             ids.add(step.id)
     return frozenset(ids)
+
+
+def _executing(task: Task) -> bool:
+    """Whether ``task`` is the one this worker is executing."""
+    return _EXECUTING.get() is task
+
+
+def _in_flight(task: Task) -> Slot | None:
+    """The in-flight list holding the message ``task`` was dequeued from, until settled."""
+    slot: Slot | None = task.__dict__.get("_vt_slot")
+    return slot
 
 
 def remember_dequeued(task: Task, raw: bytes) -> Task:
