@@ -320,32 +320,20 @@ def test_bad_messages_are_dead_lettered_once_with_their_bytes_and_leave_no_in_fl
     assert in_flight(conn, queue_name) == []
 
 
-class FlakyPipeline(redis.client.Pipeline):  # type: ignore[misc]
-    """A MULTI that fails once: before it reaches Redis, or after Redis ran it."""
+class FlakyRedis(redis.Redis):  # type: ignore[misc]
+    """A client whose dead-letter script with a settle (four keys: entries, index,
+    sequence and the in-flight list) fails once: before it reaches Redis, or after
+    Redis ran it."""
 
     failures: list[str]
 
-    def execute(self, raise_on_error: bool = True) -> Any:
-        commands = [args[0] for args, _ in self.command_stack]
-        if "LREM" in commands and self.failures:
+    def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
+        if numkeys == 4 and self.failures:
             when = self.failures.pop(0)
             if when == "after":
-                super().execute(raise_on_error)
-            else:
-                self.reset()
+                super().evalsha(sha, numkeys, *keys_and_args)
             raise redis.ConnectionError(f"connection lost {when} the settle")
-        return super().execute(raise_on_error)
-
-
-class FlakyRedis(redis.Redis):  # type: ignore[misc]
-    failures: list[str]
-
-    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> FlakyPipeline:
-        pipe = FlakyPipeline(
-            self.connection_pool, self.response_callbacks, transaction, shard_hint
-        )
-        pipe.failures = self.failures
-        return pipe
+        return super().evalsha(sha, numkeys, *keys_and_args)
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -353,7 +341,7 @@ def test_a_dead_letter_settle_that_fails_is_made_later_exactly_once(
     queue_name: str, conn: redis.Redis, when: str
 ) -> None:
     """The dead-letter write and its LREM fail together (connection lost before the
-    MULTI reached Redis, or after it ran): the worker owes the settle, makes it before
+    script reached Redis, or after it ran): the worker owes the settle, makes it before
     its next pop, and the message is dead-lettered once, with its bytes."""
     app = recording_app(queue_name)
     flaky = FlakyRedis(connection_pool=app.storage.pool)
