@@ -320,20 +320,48 @@ def test_bad_messages_are_dead_lettered_once_with_their_bytes_and_leave_no_in_fl
     assert in_flight(conn, queue_name) == []
 
 
+def _settles(command: tuple[Any, ...]) -> bool:
+    # The dead-letter script with a settle has four keys: entries, index,
+    # sequence and the in-flight list.
+    return str(command[0]).upper() == "EVALSHA" and int(command[2]) == 4
+
+
+class FlakyPipeline(redis.client.Pipeline):  # type: ignore[misc]
+    """A pipeline whose dead-letter settle fails once, before or after Redis ran it."""
+
+    failures: list[str]
+
+    def execute(self, raise_on_error: bool = True) -> Any:
+        if self.failures and any(_settles(args) for args, _ in self.command_stack):
+            when = self.failures.pop(0)
+            if when == "after":
+                super().execute(raise_on_error)
+            else:
+                self.reset()
+            raise redis.ConnectionError(f"connection lost {when} the settle")
+        return super().execute(raise_on_error)
+
+
 class FlakyRedis(redis.Redis):  # type: ignore[misc]
-    """A client whose dead-letter script with a settle (four keys: entries, index,
-    sequence and the in-flight list) fails once: before it reaches Redis, or after
-    Redis ran it."""
+    """A client whose dead-letter settle fails once (alone or in a pipeline):
+    before it reaches Redis, or after Redis ran it."""
 
     failures: list[str]
 
     def evalsha(self, sha: str, numkeys: int, *keys_and_args: Any) -> Any:
-        if numkeys == 4 and self.failures:
+        if self.failures and _settles(("EVALSHA", sha, numkeys)):
             when = self.failures.pop(0)
             if when == "after":
                 super().evalsha(sha, numkeys, *keys_and_args)
             raise redis.ConnectionError(f"connection lost {when} the settle")
         return super().evalsha(sha, numkeys, *keys_and_args)
+
+    def pipeline(self, transaction: bool = True, shard_hint: Any = None) -> FlakyPipeline:
+        pipe = FlakyPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint
+        )
+        pipe.failures = self.failures
+        return pipe
 
 
 @pytest.mark.parametrize("when", ["before", "after"])
@@ -341,8 +369,9 @@ def test_a_dead_letter_settle_that_fails_is_made_later_exactly_once(
     queue_name: str, conn: redis.Redis, when: str
 ) -> None:
     """The dead-letter write and its LREM fail together (connection lost before the
-    script reached Redis, or after it ran): the worker owes the settle, makes it before
-    its next pop, and the message is dead-lettered once, with its bytes."""
+    script reached Redis, or after it ran): the bytes stay in the worker's list until
+    the settle is made or they are put back and read again, and the message is
+    dead-lettered once, with its bytes."""
     app = recording_app(queue_name)
     flaky = FlakyRedis(connection_pool=app.storage.pool)
     flaky.failures = [when]
@@ -622,3 +651,94 @@ def test_a_second_consumer_on_the_same_app_object_is_refused_while_the_first_run
     with running_consumer(app, workers=1):
         send(queue_name, "rel.work", 2)
         wait_for(lambda: conn.llen(queue_name + ":done") == 2)
+
+
+# -- a dead letter and the next pop in one round trip ---------------------------------
+
+
+class CountingConnection(redis.Connection):
+    """A real connection that counts the round trips made through it."""
+
+    round_trips = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        type(self).round_trips += 1
+        super().send_packed_command(command, check_health)
+
+
+def test_a_flood_of_bad_messages_costs_one_round_trip_each_and_loses_nothing(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """Without a consumer (plain pops), each dead letter travels with the next pop:
+    after the first pop, n bad messages and one good task take n round trips, and
+    every bad one is kept with its exact bytes."""
+    counting = type("Counting", (CountingConnection,), {})
+    pool = redis.ConnectionPool.from_url(REDIS_URL, connection_class=counting)
+    app = recording_app(queue_name, reliable=False, blocking=False)
+    app.storage = VersionedRedisHuey(queue_name, connection_pool=pool).storage
+    bad = [b"\x00junk %d" % n for n in range(20)]
+    good = message(producer(queue_name), "rel.work", 1)
+    for raw in [*bad, good]:
+        app.storage.enqueue(raw)
+    app.dead_letters.add_then_pop  # noqa: B018 - opened before counting
+    counting.round_trips = 0
+    task = app.dequeue()
+    assert task is not None
+    assert task.kwargs == {"n": 1, "pause": 0.0}
+    assert counting.round_trips == 1 + len(bad)
+    assert sorted(entry.raw for entry in app.dead_letters) == sorted(bad)
+    pool.disconnect()
+
+
+def test_a_dead_letter_write_that_fails_puts_back_the_message_popped_with_it(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """The write fails (the store's key holds the wrong type) while the next pop in
+    the same round trip succeeds: both messages go back on the queue, the error is
+    raised, and once the store works again both are handled."""
+    app = recording_app(queue_name, reliable=False)
+    junk = b"\x00junk"
+    good = message(producer(queue_name), "rel.work", 7)
+    app.storage.enqueue(junk)
+    app.storage.enqueue(good)
+    store_key = f"huey.deadletters.{queue_name}"
+    conn.set(store_key, b"not a hash")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        app.dequeue()
+    assert sorted(app.storage.enqueued_items()) == sorted([junk, good])
+    conn.delete(store_key)
+    task = app.dequeue()  # the messages went back in the order they were rescued
+    assert task is not None
+    assert task.kwargs == {"n": 7, "pause": 0.0}
+    assert app.dequeue() is None
+    assert [entry.raw for entry in app.dead_letters] == [junk]
+
+
+def test_a_consumer_whose_dead_letter_write_fails_keeps_both_messages_in_flight(
+    queue_name: str, conn: redis.Redis
+) -> None:
+    """With reliable fetch the failed write and the message moved with it stay in the
+    worker's in-flight list, go back to the queue, and are handled once the store
+    works again: the bad one dead-lettered once, the good one run once."""
+    app = recording_app(queue_name)
+    junk = b"\x00junk"
+    good = message(producer(queue_name), "rel.work", 3)
+    store_key = f"huey.deadletters.{queue_name}"
+    conn.set(store_key, b"not a hash")
+    for raw in (junk, b"\x00more junk", good):
+        app.storage.enqueue(raw)
+    with running_consumer(app, workers=1):
+        wait_for(
+            lambda: (
+                conn.llen(queue_name + ":done") == 0
+                and len(conn.keys(f"huey.inflight.{queue_name}*")) > 0
+            )
+        )
+        time.sleep(0.3)  # a few failed attempts
+        assert conn.get(store_key) == b"not a hash"
+        conn.delete(store_key)
+        wait_for(lambda: conn.llen(queue_name + ":done") == 1)
+        wait_for(lambda: conn.type(store_key) == b"hash" and conn.hlen(store_key) == 2)
+        wait_for(lambda: in_flight(conn, queue_name) == [])
+    assert sorted(entry.raw for entry in app.dead_letters) == [b"\x00junk", b"\x00more junk"]
+    assert counts(conn, queue_name + ":done") == Counter({3: 1})

@@ -300,6 +300,31 @@ class DeadLetterStore:
         self._backend.add(entry, inflight=inflight)
         return entry
 
+    @property
+    def pops_with_writes(self) -> bool:
+        """Internal: whether :meth:`add_then_pop` works here (a plain Redis list queue)."""
+        return isinstance(self._backend, RedisBackend) and self._backend.pops_lists
+
+    def add_then_pop(
+        self,
+        *,
+        reason: str,
+        raw: bytes,
+        error: str,
+        task: str | None = None,
+        version: int | None = None,
+        inflight: str | None = None,
+    ) -> tuple[DeadLetter, bytes | None, Exception | None]:
+        """Internal: :meth:`add` and pop the queue's next message in one round trip.
+
+        Returns the entry, the popped bytes (None for an empty queue) and the
+        write's error (None once written). Only where :attr:`pops_with_writes`.
+        """
+        assert isinstance(self._backend, RedisBackend)
+        entry = new_entry(reason, raw, error, task, version)
+        popped, failed = self._backend.add_then_pop(entry, inflight=inflight)
+        return entry, popped, failed
+
     def get(self, id: str) -> DeadLetter:
         """The entry with this id.
 
@@ -723,6 +748,47 @@ class RedisBackend:
         if inflight is not None:
             keys.append(inflight)
         self._add(keys=keys, args=[entry.id, _pack(entry)])
+
+    @property
+    def pops_lists(self) -> bool:
+        """Whether the queue is a plain Redis list, which :meth:`add_then_pop` pops."""
+        return not self._sorted
+
+    def add_then_pop(
+        self, entry: DeadLetter, *, inflight: str | None = None
+    ) -> tuple[bytes | None, Exception | None]:
+        """Write ``entry`` as :meth:`add` does and pop the next message in the
+        same round trip: ``RPOP`` from the queue, or with ``inflight``, ``LMOVE``
+        into that list (a worker's in-flight list).
+
+        Internal, for the worker reading a flood of bad messages: a dead letter
+        then costs one round trip instead of two. Returns the popped bytes (None
+        when the queue was empty) and the write's error (None once written); a
+        lost connection raises, as a pop does.
+        """
+        keys = [self._entries, self._index, self._seq]
+        if inflight is not None:
+            keys.append(inflight)
+        # Not a transaction: the script is atomic on its own, and the pop must
+        # happen whether or not the write did, so that nothing popped is dropped.
+        pipe = self._conn.pipeline(transaction=False)
+        pipe.evalsha(self._add.sha, len(keys), *keys, entry.id, _pack(entry))
+        queue = self._storage.queue_key
+        if inflight is None:
+            pipe.rpop(queue)
+        else:
+            pipe.lmove(queue, inflight, "RIGHT", "LEFT")
+        added, popped = pipe.execute(raise_on_error=False)
+        if isinstance(popped, Exception):
+            popped = None  # nothing was moved
+        if isinstance(added, Exception):
+            if type(added).__name__ != "NoScriptError":
+                return popped, added
+            try:
+                self.add(entry, inflight=inflight)  # loads the script and writes
+            except Exception as exc:
+                return popped, exc
+        return popped, None
 
     def get(self, id: str) -> DeadLetter | None:
         data = self._conn.hget(self._entries, id)

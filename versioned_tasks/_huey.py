@@ -1045,9 +1045,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """Pop the next runnable task; bad messages are dead-lettered on the way.
 
         Never raises for a bad message, and moves straight on to the next one.
-        On SQLite the pop and the dead-letter write share one transaction; with
-        reliable fetch, the dead-letter write and the removal from the
-        worker's in-flight list do.
+        On SQLite and PostgreSQL the pop and the dead-letter write share one
+        transaction; with reliable fetch, the dead-letter write and the removal
+        from the worker's in-flight list do. On a plain Redis list, a dead
+        letter and the next pop travel in one round trip.
         """
         self._ensure_checked()
         if self._atomic is not None:
@@ -1055,19 +1056,40 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         slot = self.inflight.slot() if self.inflight is not None else None
         if slot is not None:
             return self._dequeue_reliably(slot)
-        while True:
-            raw = self.storage.dequeue()
-            if raw is None:
-                return None
+        raw = self.storage.dequeue()
+        while raw is not None:
             try:
                 decision = self._decide(raw, from_schedule=False)
                 if isinstance(decision, Task):
                     return remember_dequeued(decision, raw)
-                self._act(raw, decision)
+                popped = self._settle_then_pop(raw, decision)
             except Exception:
                 # The dead-letter or schedule write failed: keep the bytes.
                 self._rescue(raw)
                 raise
+            raw = popped if popped is not None else self.storage.dequeue()
+        return None
+
+    def _settle_then_pop(self, raw: bytes, action: _Action) -> bytes | None:
+        """Carry out ``action``; for a dead letter on a plain Redis list, also pop
+        the next message in the same round trip (None: nothing popped yet)."""
+        store = self.dead_letters
+        if not (isinstance(action, DeadLetterAction) and store.pops_with_writes):
+            self._act(raw, action)
+            return None
+        entry, popped, failed = store.add_then_pop(
+            reason=action.reason,
+            raw=raw,
+            error=action.error,
+            task=action.task,
+            version=action.version,
+        )
+        if failed is not None:
+            if popped is not None:
+                self._rescue(popped)  # popped in the same round trip: back it goes
+            raise failed
+        action.log(entry.id)
+        return popped
 
     def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
         """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
@@ -1101,10 +1123,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         assert self.inflight is not None
         self.settle_owed(slot)
-        while True:
-            raw = self.inflight.pop(slot)
-            if raw is None:
-                return None
+        raw = self.inflight.pop(slot)
+        while raw is not None:
             try:
                 decision = self._decide(raw, from_schedule=False)
             except Exception:
@@ -1113,13 +1133,48 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             if isinstance(decision, Task):
                 decision.__dict__["_vt_slot"] = slot
                 return remember_dequeued(decision, raw)
+            popped = None
             if isinstance(decision, HandlerAction):
                 failed = self._call_handler(decision.retired)
                 if failed is None:
                     slot.ran.append(raw)
-                    continue
-                decision = failed
-            self._settle(slot, raw, self._action_settle(slot, raw, decision))
+                else:
+                    self._settle(slot, raw, self._action_settle(slot, raw, failed))
+            elif isinstance(decision, DeadLetterAction) and self._pops_with_write(slot):
+                popped = self._dead_letter_then_pop(slot, raw, decision)
+            else:
+                self._settle(slot, raw, self._action_settle(slot, raw, decision))
+            raw = popped if popped is not None else self.inflight.pop(slot)
+        return None
+
+    def _pops_with_write(self, slot: Slot) -> bool:
+        # Only with nothing else owed: those ride on the ordinary pop.
+        return not (slot.ran or slot.pending or slot.dirty) and self.dead_letters.pops_with_writes
+
+    def _dead_letter_then_pop(
+        self, slot: Slot, raw: bytes, action: DeadLetterAction
+    ) -> bytes | None:
+        """Dead-letter ``raw`` (leaving the in-flight list) and move the next
+        message into the list, in one round trip."""
+        try:
+            entry, popped, failed = self.dead_letters.add_then_pop(
+                reason=action.reason,
+                raw=raw,
+                error=action.error,
+                task=action.task,
+                version=action.version,
+                inflight=slot.key,
+            )
+        except Exception:
+            slot.dirty = True  # the next pop puts back what the list still holds
+            raise
+        if failed is not None:
+            # Not written: the bytes are still in the list, and so is what was
+            # popped with them; the next pop puts both back on the queue.
+            slot.dirty = True
+            raise failed
+        action.log(entry.id)
+        return popped
 
     def settle_owed(self, slot: Slot) -> None:
         """Make the settlements this worker still owes; raises while Redis is unreachable.
