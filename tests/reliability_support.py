@@ -98,24 +98,38 @@ def watch_consumer_loop() -> Iterator[ConsumerLoopErrors]:
 
 def wait_until_quiet(
     probe: Callable[[], tuple[Any, ...]],
-    done: Callable[[tuple[Any, ...]], bool],
     *,
     quiet: float,
     timeout: float,
+    stall: float = 30.0,
+    queued: Callable[[], list[bytes]] | None = None,
 ) -> tuple[Any, ...]:
-    """Poll ``probe`` until ``done`` holds and the reading stayed the same for ``quiet`` s."""
+    """Wait for a drain: ``probe()`` returns progress counts, the queue's length last.
+
+    Returns once the queue is empty and the reading stayed the same for ``quiet`` s.
+    Fails after ``timeout`` s, or when the counts have not moved for ``stall`` s while
+    messages are still queued (a worker going round in circles on one message);
+    ``queued()`` then names what is left.
+    """
     deadline = time.monotonic() + timeout
     last = probe()
-    since = time.monotonic()
+    changed = moved = time.monotonic()
     while True:
         time.sleep(0.2)
         now = probe()
+        if now[:-1] != last[:-1]:
+            moved = time.monotonic()
         if now != last:
-            last, since = now, time.monotonic()
-        elif done(now) and time.monotonic() - since >= quiet:
+            last, changed = now, time.monotonic()
+        elif now[-1] == 0 and time.monotonic() - changed >= quiet:
             return now
+        if time.monotonic() - moved >= stall:
+            left = [raw[:200] for raw in queued()[:3]] if queued else []
+            raise AssertionError(
+                f"no progress for {stall} s with messages queued: {now!r}; first: {left}"
+            )
         if time.monotonic() > deadline:
-            raise AssertionError(f"the queue did not settle within {timeout} s; last {now!r}")
+            raise AssertionError(f"the queue did not drain within {timeout} s; last {now!r}")
 
 
 # -- poison messages -------------------------------------------------------------------
@@ -184,8 +198,10 @@ def poison(envelope: Callable[[int], bytes], index: int, rng: random.Random) -> 
         return b"junk-%d-" % index + rng.randbytes(rng.randint(0, 40))
     if kind == 1:  # a truncated envelope
         return good[: rng.randrange(1, len(good))]
-    if kind == 2:  # an unknown task
-        return frame({**header, "task": f"rel.gone_{index}"}, body)
+    if kind == 2:  # an unknown task, some with a NUL or a newline in their name
+        odd = "" if index // 12 % 3 else rng.choice(["\u0000", "\n", "\u2028"])
+        name = f"rel.gone_{index}{odd}"
+        return frame({**header, "task": name}, body)
     if kind == 3:  # an invalid payload
         return frame(header, b'{"n":"not a number %d"}' % index)
     if kind == 4:  # a pickled Huey message, never to be unpickled
@@ -716,6 +732,20 @@ class Runs:
             open_runs[(ident, pid)] += 1 if mark == "S" else -1
         return {ident for (ident, _), count in open_runs.items() if count > 0}
 
+    def in_flight_at_kill(self, killed: set[str], workers: int) -> set[str]:
+        """Ids a killed process may have been running, or finishing, when it died.
+
+        Those are the runs it never finished, and the last ``workers`` it started:
+        a run whose code had returned may still have been settling (its result, its
+        acknowledgement) when the kill landed.
+        """
+        last: dict[str, list[str]] = {}
+        for mark, ident, pid in self.lines():
+            if mark == "S" and pid in killed:
+                last.setdefault(pid, []).append(ident)
+        tails = {ident for started in last.values() for ident in started[-workers:]}
+        return tails | self.interrupted()
+
 
 class Consumers:
     """``huey_consumer`` subprocesses on CONSUMER_APP, with their logs."""
@@ -732,10 +762,9 @@ class Consumers:
             ),
         }
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.starts = 0
+        self.killed: set[str] = set()
 
     def start(self, name: str, workers: int = 2) -> None:
-        self.starts += 1
         log = (self.tmp_path / f"{name}.log").open("ab")
         self.processes[name] = subprocess.Popen(
             [
@@ -757,6 +786,7 @@ class Consumers:
     def kill(self, name: str) -> None:
         """SIGKILL: no handler, no cleanup, as a crash or the OOM killer."""
         process = self.processes[name]
+        self.killed.add(str(process.pid))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
 
