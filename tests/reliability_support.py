@@ -184,8 +184,12 @@ def unsigned(raw: bytes) -> bytes:
     return raw
 
 
-def poison(envelope: Callable[[int], bytes], index: int, rng: random.Random) -> bytes:
+def poison(
+    envelope: Callable[[int], bytes], index: int, rng: random.Random, odd_names: bool = False
+) -> bytes:
     """One bad message of a kind chosen by ``index``, unique by ``index``.
+
+    With ``odd_names``, some unknown task names hold a NUL, a newline or U+2028.
 
     ``envelope(n)`` is a valid unsigned envelope of a task ``n: int`` at version 2
     with an upcaster from 1 (so version 0 cannot be upcast), on an app that
@@ -199,7 +203,7 @@ def poison(envelope: Callable[[int], bytes], index: int, rng: random.Random) -> 
     if kind == 1:  # a truncated envelope
         return good[: rng.randrange(1, len(good))]
     if kind == 2:  # an unknown task, some with a NUL or a newline in their name
-        odd = "" if index // 12 % 3 else rng.choice(["\u0000", "\n", "\u2028"])
+        odd = "" if index // 12 % 3 or not odd_names else rng.choice(["\x00", "\n", "\u2028"])
         name = f"rel.gone_{index}{odd}"
         return frame({**header, "task": name}, body)
     if kind == 3:  # an invalid payload
@@ -222,11 +226,16 @@ def poison(envelope: Callable[[int], bytes], index: int, rng: random.Random) -> 
 
 
 def mixed_queue(
-    good: Callable[[int], bytes], n_good: int, n_bad: int, rng: random.Random
+    good: Callable[[int], bytes],
+    n_good: int,
+    n_bad: int,
+    rng: random.Random,
+    *,
+    odd_names: bool = False,
 ) -> tuple[list[bytes], list[bytes]]:
-    """(good, bad) messages, to be enqueued interleaved in the returned order."""
+    """(good, bad) messages (see :func:`poison`), to be enqueued through :func:`interleave`."""
     goods = [good(n) for n in range(n_good)]
-    bads = [poison(good, index, rng) for index in range(n_bad)]
+    bads = [poison(good, index, rng, odd_names) for index in range(n_bad)]
     return goods, bads
 
 

@@ -110,16 +110,19 @@ def header_id(raw: bytes) -> str:
 def test_a_poison_flood_dead_letters_every_bad_message_byte_for_byte_and_runs_every_good_once(
     make_huey: MakeHuey,
 ) -> None:
-    """Junk, truncated envelopes, unknown tasks, invalid payloads, pickles, wrong versions
-    and forged signatures among good messages: each good one runs exactly once, each bad
-    one is a dead letter with its exact bytes, nothing else is stored, no pickle is loaded,
-    and no exception reaches Huey's consumer loop."""
+    """Junk, truncated envelopes, unknown tasks (some with a NUL or a newline in the name),
+    invalid payloads, pickles, wrong versions and forged signatures among good messages:
+    each good one runs exactly once, each bad one is a dead letter with its exact bytes,
+    nothing else is stored, no pickle is loaded, and no exception reaches Huey's
+    consumer loop."""
     app = make_huey(newer_version="dead_letter")
     ran = Recorder()
     job = declare_recorded_job(app, ran)
     seed = seed_from_env()
     print(f"\npoison flood: seed {seed}, {FLOOD_BAD} bad, {FLOOD_GOOD} good")
-    goods, bads = mixed_queue(envelope_maker(app, job), FLOOD_GOOD, FLOOD_BAD, random.Random(seed))
+    goods, bads = mixed_queue(
+        envelope_maker(app, job), FLOOD_GOOD, FLOOD_BAD, random.Random(seed), odd_names=True
+    )
     UNPICKLED.clear()
 
     with watch_consumer_loop() as loop_errors, running_consumer(app, workers=2):
