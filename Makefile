@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP_RUN := $(VENV)/.installed-run
 STAMP_DEV := $(VENV)/.installed-dev
 
-.PHONY: demo test lint types unit huey-suite docs bench fuzz clean
+.PHONY: demo test lint types unit huey-suite docs bench fuzz soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,12 @@ test: lint types unit huey-suite docs
 # Long property runs, not part of `make test`: 50 times the usual cases.
 fuzz: $(STAMP_DEV)
 	VT_FUZZ=50 $(BIN)/pytest tests/test_envelope.py tests/test_schema_check.py -p no:cacheprovider
+
+# Long reliability runs, not part of `make test`: floods of 10,000 bad messages,
+# 20 kills per storage, 100,000 fuzz inputs; the figures are printed (-s).
+# VT_SOAK_SEED=<seed> replays a run's seed.
+soak: $(STAMP_DEV)
+	VT_SOAK=1 $(BIN)/pytest tests/test_reliability.py -p no:cacheprovider -s
 
 # The serializer alone, then a short end-to-end run through real consumers
 # (Redis, SQLite, and PostgreSQL when reachable; benchmarks/end_to_end.py --help).
