@@ -31,7 +31,7 @@ from versioned_tasks import (
     live_workers,
     readable_versions,
 )
-from versioned_tasks._cli import main
+from versioned_tasks.cli import main
 
 INTERVAL = 0.5  # stale after 1.5 s: room for a starved heartbeat on a busy machine
 

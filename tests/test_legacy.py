@@ -37,9 +37,9 @@ from versioned_tasks import (
     VersionedPriorityRedisHuey,
     VersionedSqliteHuey,
 )
-from versioned_tasks._cli import main
-from versioned_tasks._envelope import MAGIC
-from versioned_tasks._legacy import _Op, _RedisList
+from versioned_tasks.cli import main
+from versioned_tasks.storage.rewrite import _Op, _RedisList
+from versioned_tasks.wire.envelope import MAGIC
 
 MakeHuey = Callable[..., VersionedHuey]
 

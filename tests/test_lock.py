@@ -30,8 +30,8 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from versioned_tasks import ConfigurationError, LockFileError, VersionedHuey
-from versioned_tasks._cli import main
-from versioned_tasks._lock import (
+from versioned_tasks.cli import main
+from versioned_tasks.ops.lock import (
     DEFAULT_LOCK_PATH,
     build_lock,
     check_lock,
@@ -39,7 +39,7 @@ from versioned_tasks._lock import (
     version_schema,
     write_lock,
 )
-from versioned_tasks._schema_diff import classify
+from versioned_tasks.schema.diff import classify
 
 APP_MODULE = """\
 from typing import Annotated, Literal, Optional, Union
@@ -1767,7 +1767,7 @@ def test_the_lock_is_the_same_in_every_process(write_app: WriteApp, tmp_path: Pa
             [
                 sys.executable,
                 "-c",
-                "from versioned_tasks._cli import main; main()",
+                "from versioned_tasks.cli import main; main()",
                 "lock",
                 "--app",
                 f"{module}:huey",

@@ -38,8 +38,8 @@ from versioned_tasks import (
     VersionedSerializer,
     VersionedTaskError,
 )
-from versioned_tasks._lock import build_lock, write_lock
-from versioned_tasks._rolling import HandOffs
+from versioned_tasks.messages.rolling import HandOffs
+from versioned_tasks.ops.lock import build_lock, write_lock
 
 MakeHuey = Callable[..., VersionedHuey]
 TASK = "shop.charge"

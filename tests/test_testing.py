@@ -24,7 +24,7 @@ from versioned_tasks import (
     VersionedSerializer,
     VersionedSqliteHuey,
 )
-from versioned_tasks._lock import build_lock, write_lock
+from versioned_tasks.ops.lock import build_lock, write_lock
 from versioned_tasks.testing import (
     Captured,
     Skipped,

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from huey.storage import RedisPriorityQueue, RedisStorage
 
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
 
 __all__ = [
     "RELIABLE_DEFAULT",

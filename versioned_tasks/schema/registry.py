@@ -29,8 +29,8 @@ from pydantic import (
 from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializer, SchemaValidator
 from typing_extensions import TypedDict
 
-from ._codec import exception_field
-from .exceptions import EncodeError, InvalidArguments, SchemaError
+from ..exceptions import EncodeError, InvalidArguments, SchemaError
+from ..wire.values import exception_field
 
 __all__ = [
     "NEWER_VERSION_POLICIES",

@@ -36,14 +36,14 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
-from . import _codec
-from .exceptions import (
+from ..exceptions import (
     ConfigurationError,
     DecodeError,
     EncodeError,
     EnvelopeTooLarge,
     SignatureError,
 )
+from . import values as _codec
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._pipeline import Newer, Retired
+from .readwrite import Newer, Retired
 
 __all__ = [
     "SIGNAL_DEFERRED",

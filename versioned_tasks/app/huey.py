@@ -18,24 +18,24 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from huey.api import Huey, PeriodicTask, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.constants import EmptyData
 from huey.signals import SIGNAL_ENQUEUED, SIGNAL_INTERRUPTED, SIGNAL_SCHEDULED
-from huey.storage import (
-    FileStorage,
-    MemoryStorage,
-    PostgresStorage,
-    PriorityRedisExpireStorage,
-    PriorityRedisStorage,
-    RedisExpireStorage,
-    RedisStorage,
-    SqliteStorage,
-)
 from pydantic import BaseModel, ValidationError
 
-from ._actions import (
+from ..exceptions import (
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    InvalidArguments,
+    InvalidResult,
+    MessageRejected,
+    SchemaError,
+    SignatureError,
+)
+from ..messages.actions import (
     SIGNAL_DEFERRED,
     DeadLetterAction,
     DeferAction,
@@ -43,23 +43,15 @@ from ._actions import (
     HandlerAction,
     RequeueAction,
 )
-from ._actions import Action as _Action
-from ._atomic import AtomicSql, atomic_for
-from ._census import CensusRow, take_census
-from ._codec import register_model
-from ._deadletters import DeadLetterStore, Requeue, backend_for
-from ._envelope import MAX_DEPTH_CEILING
-from ._fleet import (
-    DEFAULT_FLEET_INTERVAL,
-    FleetConsumer,
-    Heartbeat,
-    WorkerInfo,
-    board_for,
-    fleet_enabled,
-    live_workers,
+from ..messages.actions import Action as _Action
+from ..messages.legacy import (
+    LegacyConverter,
+    LegacyReader,
+    LegacyValueSerializer,
+    build_converter,
+    warn_enabled,
 )
-from ._legacy import LegacyReader, LegacyValueSerializer, build_converter, warn_enabled
-from ._pipeline import (
+from ..messages.readwrite import (
     Newer,
     Reader,
     Rejected,
@@ -71,9 +63,7 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
-from ._reliable import InflightLists, Slot, reliable_enabled
-from ._revocations import check_record, restore_hint
-from ._rolling import (
+from ..messages.rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
     DEFAULT_NEWER_VERSION_MAX_AGE,
     AutoEmit,
@@ -83,18 +73,36 @@ from ._rolling import (
     check_policy,
     parse_emit_versions,
 )
-from ._schema import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
-from ._serializer import VersionedSerializer
-from .exceptions import (
-    ConfigurationError,
-    DecodeError,
-    EncodeError,
-    InvalidArguments,
-    InvalidResult,
-    MessageRejected,
-    SchemaError,
-    SignatureError,
+from ..schema.registry import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
+from ..storage.atomic import AtomicSql, atomic_for
+from ..storage.classes import (
+    FileStorage,
+    MemoryStorage,
+    PostgresStorage,
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+    SqliteStorage,
 )
+from ..storage.deadletters import DeadLetterStore, Requeue, backend_for
+from ..storage.reliable import InflightLists, Slot, reliable_enabled
+from ..wire.envelope import MAX_DEPTH_CEILING
+from ..wire.revocations import check_record, restore_hint
+from ..wire.values import register_model
+from .fleet import (
+    DEFAULT_FLEET_INTERVAL,
+    FleetConsumer,
+    Heartbeat,
+    WorkerInfo,
+    board_for,
+    fleet_enabled,
+    live_workers,
+)
+from .serializer import VersionedSerializer
+
+if TYPE_CHECKING:
+    from ..ops.census import CensusRow
 
 __all__ = [
     "VersionedFileHuey",
@@ -315,7 +323,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._deep_writer = Writer(self.schema, serializer.frame_deep, app_build)
         self._configure_emit(emit, old_schemas)
         # Adopting a pickle queue: legacy bytes are converted where they are read.
-        self._legacy = build_converter(self, legacy_pickle)
+        self._legacy = build_converter(legacy_pickle, self.schema, self.task_classes, self._writer)
         if self._legacy is not None:
             self._reader = LegacyReader(self._reader, self._legacy)
             self.serializer = LegacyValueSerializer(serializer)
@@ -376,7 +384,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     ) -> None:
         self._writer.check_old = old_schemas
         if emit == "auto":
-            from ._fleet import readable_versions
+            from .fleet import readable_versions
 
             self._writer.emit = AutoEmit(self, self.schema, readable_versions)
         elif emit:
@@ -674,6 +682,34 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The consumers of this queue that published a heartbeat recently."""
         return live_workers(self)
 
+    # -- internal accessors, for the operations modules and testing ----------------
+    # Not part of the public API: they let census, lock, migrate-queue, the fleet
+    # and testing reach the app's reader and writer without its private attributes.
+
+    @property
+    def message_reader(self) -> Reader:
+        """The reader of this app's stored bytes (the legacy one when pickle is adopted)."""
+        return self._reader
+
+    @property
+    def message_writer(self) -> Writer:
+        """The writer of this app's envelopes."""
+        return self._writer
+
+    @property
+    def legacy_converter(self) -> LegacyConverter | None:
+        """The converter of legacy pickled messages, when ``legacy_pickle`` is on."""
+        return self._legacy
+
+    @property
+    def task_classes(self) -> Mapping[str, type[Task]]:
+        """Every task class registered with this app, by registry key (plain ones too)."""
+        return cast("Mapping[str, type[Task]]", self._registry._registry)
+
+    def plain_task(self, name: str) -> type[Task] | None:
+        """The plain ``@huey.task()`` registered under ``name``, if any."""
+        return self._plain_task(name)
+
     # -- dead letters ----------------------------------------------------------
 
     @property
@@ -695,6 +731,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         what still needs each upcaster, rename and tombstone, see
         :func:`versioned_tasks.take_census`.
         """
+        # The census is an operation over the app, a layer above it: imported when used.
+        from ..ops.census import take_census
+
         return take_census(self, progress=progress).rows
 
     def _replay(self, raw: bytes) -> Requeue:

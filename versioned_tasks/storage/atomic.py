@@ -31,8 +31,8 @@ from typing import Any
 from huey.api import Task
 from huey.storage import PostgresStorage, SqliteStorage
 
-from ._actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
-from ._deadletters import PostgresBackend, SqliteBackend
+from ..messages.actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from .deadletters import PostgresBackend, SqliteBackend
 
 __all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite", "atomic_for"]
 

@@ -35,8 +35,8 @@ from huey.storage import (
     SqliteStorage,
 )
 
-from ._pipeline import REASONS
-from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
+from ..exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
+from ..messages.readwrite import REASONS
 
 __all__ = ["DeadLetter", "DeadLetterStore", "Requeue", "backend_for"]
 

@@ -32,10 +32,8 @@ from huey.registry import Message
 from huey.utils import ChordConfig
 from pydantic import ValidationError
 
-from . import _codec, _envelope
-from ._schema import SchemaRegistry, TaskSpec, bind_positional
-from ._version import __version__
-from .exceptions import (
+from .._version import __version__
+from ..exceptions import (
     DecodeError,
     DowncastFailed,
     EncodeError,
@@ -43,6 +41,9 @@ from .exceptions import (
     SchemaError,
     SignatureError,
 )
+from ..schema.registry import SchemaRegistry, TaskSpec, bind_positional
+from ..wire import envelope as _envelope
+from ..wire import values as _codec
 
 __all__ = [
     "REASONS",
@@ -1103,3 +1104,6 @@ def is_upcast_error(exc: Exception) -> bool:
     """Whether an InvalidArguments came from an upcaster rather than validation."""
     errors = getattr(exc, "errors", None) or []
     return any(e.get("type") == "upcast_failed" for e in errors)
+
+
+_codec.register_message_codec(message_object, message_from_object)
