@@ -39,7 +39,8 @@ from huey.consumer import Consumer, Worker
 
 from .._version import __version__
 from ..exceptions import ConfigurationError
-from ..storage.fleet_board import STALE_AFTER, Board, board_for, fleet_enabled
+from ..storage.adapters import adapter_for
+from ..storage.fleet_board import STALE_AFTER, Board
 
 if TYPE_CHECKING:
     from .huey import VersionedHuey
@@ -50,8 +51,6 @@ __all__ = [
     "FleetConsumer",
     "Heartbeat",
     "WorkerInfo",
-    "board_for",
-    "fleet_enabled",
     "live_workers",
     "readable_versions",
 ]
@@ -141,7 +140,7 @@ def live_workers(huey: VersionedHuey) -> list[WorkerInfo]:
     """The consumers of the app's queue that published a heartbeat recently,
     oldest first. Stale records (three intervals without a heartbeat) are
     ignored and deleted."""
-    board = board_for(huey.storage)
+    board = adapter_for(huey.storage).fleet_board()
     if board is None:
         return []
     now = board.now()

@@ -74,7 +74,8 @@ from ..messages.rolling import (
     parse_emit_versions,
 )
 from ..schema.registry import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
-from ..storage.atomic import AtomicSql, atomic_for
+from ..storage.adapters import adapter_for, fleet_enabled, reliable_enabled
+from ..storage.atomic import AtomicSql
 from ..storage.classes import (
     FileStorage,
     MemoryStorage,
@@ -85,8 +86,8 @@ from ..storage.classes import (
     RedisStorage,
     SqliteStorage,
 )
-from ..storage.deadletters import DeadLetterStore, Requeue, backend_for
-from ..storage.reliable import InflightLists, Slot, reliable_enabled
+from ..storage.deadletters import DeadLetterStore, Requeue
+from ..storage.reliable import InflightLists, Slot
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
 from ..wire.values import register_model
@@ -95,8 +96,6 @@ from .fleet import (
     FleetConsumer,
     Heartbeat,
     WorkerInfo,
-    board_for,
-    fleet_enabled,
     live_workers,
 )
 from .serializer import VersionedSerializer
@@ -332,8 +331,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if not fleet_interval > 0:
             raise ConfigurationError(f"fleet_interval must be positive, got {fleet_interval!r}.")
         self.fleet_interval = float(fleet_interval)
-        self.fleet_enabled = fleet_enabled(fleet, self.storage)
-        self.reliable = reliable_enabled(reliable, self.storage, heartbeats=self.fleet_enabled)
+        adapter = adapter_for(self.storage)
+        self.fleet_enabled = fleet_enabled(fleet, adapter)
+        self.reliable = reliable_enabled(reliable, adapter, heartbeats=self.fleet_enabled)
         #: The in-flight lists of reliable fetch (None when it is off).
         self.inflight = (
             InflightLists(self.storage, required=reliable is True) if self.reliable else None
@@ -672,7 +672,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         self.check_schemas()
         self.dead_letters  # noqa: B018 - fails early for a storage without a store
-        board = board_for(self.storage) if self.fleet_enabled else None
+        board = adapter_for(self.storage).fleet_board() if self.fleet_enabled else None
         if board is None:
             return super().create_consumer(**options)
         heartbeat = Heartbeat(self, board, self.fleet_interval)
@@ -717,10 +717,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The dead-letter store beside this app's storage (opened on first use)."""
         with self._dead_letters_lock:
             if self._dead_letters is None or self._dead_letters_storage is not self.storage:
-                backend = backend_for(self.storage)
+                adapter = adapter_for(self.storage)
+                backend = adapter.dead_letters()
                 self._dead_letters = DeadLetterStore(backend, self._replay)
                 self._dead_letters_storage = self.storage
-                self._atomic_sql = atomic_for(self.storage, backend)
+                self._atomic_sql = adapter.atomic_pops(backend)
             return self._dead_letters
 
     def census(self, *, progress: Callable[[str, int], None] | None = None) -> list[CensusRow]:

@@ -30,14 +30,12 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict
 import orjson
 
 from ..messages.legacy import is_legacy
+from ..storage.adapters import adapter_for
 from ..storage.scan import (
     DEFAULT_CHUNK,
     Chunk,
     Identity,
     Where,
-    dead_letter_chunks,
-    dead_letter_count,
-    message_chunks,
 )
 
 if TYPE_CHECKING:
@@ -492,12 +490,12 @@ def take_census(
     called after each chunk. Nothing is changed in storage.
     """
     tally = _Tally()
-    storage = huey.storage
+    storage = adapter_for(huey.storage)
     # Opened first, so that a storage without a dead-letter store fails at once.
-    dead_letters = dead_letter_chunks(storage, chunk_size)
+    dead_letters = storage.dead_letters().identity_chunks(chunk_size)
     where: Where
     for where in ("queue", "schedule"):
-        for chunk in message_chunks(storage, where, chunk_size):
+        for chunk in storage.message_chunks(where, chunk_size):
             tally.chunk(where, chunk)
             if progress is not None:
                 progress(where, len(chunk))
@@ -522,5 +520,5 @@ def census_sizes(huey: VersionedHuey) -> dict[Where, int]:
     return {
         "queue": int(huey.storage.queue_size()),
         "schedule": int(huey.storage.schedule_size()),
-        "dead_letters": dead_letter_count(huey.storage),
+        "dead_letters": adapter_for(huey.storage).dead_letters().census_count(),
     }

@@ -12,8 +12,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..messages.legacy import LegacyConverter, is_envelope, is_legacy
 from ..messages.readwrite import Outcome, Rejected
+from ..storage.adapters import adapter_for
 from ..storage.deadletters import DeadLetter, DeadLetterStore
-from ..storage.rewrite import Area, _Op, rewrite_areas
+from ..storage.rewrite import Area, _Op
 
 if TYPE_CHECKING:
     from ..app.huey import VersionedHuey
@@ -85,7 +86,7 @@ def migrate(huey: VersionedHuey, converter: LegacyConverter, *, dry_run: bool) -
     Raises:
         ConfigurationError: the storage has no way to rewrite messages in place.
     """
-    queue, schedule = rewrite_areas(huey.storage)
+    queue, schedule = adapter_for(huey.storage).rewrite_areas()
     report = MigrationReport(dry_run=dry_run)
     read = huey.message_reader.read
     report.queue = _migrate_area(queue, converter, read, huey.dead_letters, report)

@@ -34,7 +34,7 @@ from huey.storage import PostgresStorage, SqliteStorage
 from ..messages.actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
 from .deadletters import PostgresBackend, SqliteBackend
 
-__all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite", "atomic_for"]
+__all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite"]
 
 logger = logging.getLogger("versioned_tasks")
 
@@ -45,15 +45,6 @@ _Decided = tuple[int, bytes, "Task | Action"]
 
 #: How many rows a worker reads at once after a head that could not run.
 _AHEAD = 64
-
-
-def atomic_for(storage: Any, backend: Any) -> AtomicSql | None:
-    """The atomic pops for a storage whose dead letters share its database, else None."""
-    if isinstance(backend, SqliteBackend):
-        return AtomicSqlite(storage, backend)
-    if isinstance(backend, PostgresBackend):
-        return AtomicPostgres(storage, backend)
-    return None
 
 
 class AtomicSql:

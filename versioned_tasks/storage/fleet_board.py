@@ -12,9 +12,7 @@ import time
 from typing import Any, Final, Protocol
 
 import orjson
-from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
-
-from ..exceptions import ConfigurationError
+from huey.storage import FileStorage, RedisStorage
 
 __all__ = [
     "STALE_AFTER",
@@ -23,8 +21,6 @@ __all__ = [
     "MemoryBoard",
     "RedisBoard",
     "SqlBoard",
-    "board_for",
-    "fleet_enabled",
 ]
 
 #: A record older than this many of its own intervals is stale.
@@ -93,12 +89,13 @@ class _KeyValueBoard:
 class SqlBoard(_KeyValueBoard):
     """Rows of Huey's key-value table (SQLite ``kv``, PostgreSQL ``<prefix>_kv``)."""
 
+    def __init__(self, storage: Any, table: str, placeholder: str) -> None:
+        super().__init__(storage)
+        self._table = table
+        self._p = placeholder
+
     def records(self) -> list[tuple[str, bytes]]:
-        storage = self.storage
-        if isinstance(storage, PostgresStorage):
-            table, p = storage.table_kv, "%s"
-        else:
-            table, p = "kv", "?"
+        storage, table, p = self.storage, self._table, self._p
         # A key range rather than LIKE, whose '_' is a wildcard; '/' follows '.'.
         rows = storage.sql(
             f"select key, value from {table} where queue = {p} and key >= {p} and key < {p}",
@@ -173,33 +170,3 @@ def _worker_id(data: bytes) -> str | None:
 
 def _file_name(worker_id: str) -> str:
     return "".join(c if c.isalnum() or c in "-._" else "_" for c in worker_id) + ".json"
-
-
-def board_for(storage: Any) -> Board | None:
-    """Where the consumers of ``storage`` publish, or None for a storage without one."""
-    if isinstance(storage, RedisStorage):
-        return RedisBoard(storage)
-    if isinstance(storage, SqliteStorage | PostgresStorage):
-        return SqlBoard(storage)
-    if isinstance(storage, MemoryStorage):
-        return MemoryBoard(storage)
-    if isinstance(storage, FileStorage):
-        return FileBoard(storage)
-    return None
-
-
-def fleet_enabled(option: bool | None, storage: Any) -> bool:
-    """Whether consumers publish heartbeats: ``option``, or Redis only when None.
-
-    Raises:
-        ConfigurationError: ``fleet=True`` on a storage with nowhere to publish.
-    """
-    if option is None:
-        return isinstance(storage, RedisStorage)
-    if option and board_for(storage) is None:
-        raise ConfigurationError(
-            f"fleet=True is not supported on {type(storage).__name__}: consumers publish "
-            f"heartbeats on Redis, SQLite, PostgreSQL, FileStorage and MemoryStorage; "
-            f"drop fleet=True."
-        )
-    return bool(option)

@@ -14,16 +14,14 @@ from typing import Any, Final
 from huey.storage import (
     FileStorage,
     MemoryStorage,
-    PostgresStorage,
     RedisStorage,
     SqliteStorage,
 )
 
-from ..exceptions import ConfigurationError
 from ..messages.readwrite import Rejected
-from .deadletters import DeadLetter, DeadLetterStore, SqliteBackend, backend_for
+from .deadletters import DeadLetter, DeadLetterStore, SqliteBackend
 
-__all__ = ["Area", "rewrite_areas"]
+__all__ = ["Area"]
 
 
 # -- where messages wait, per storage ---------------------------------------------------
@@ -72,36 +70,6 @@ class Area:
                 store.delete(entry.id)  # the worker popped it and read it itself
             settled.append(entry if ok and entry is not None else ok)
         return settled
-
-
-def rewrite_areas(storage: Any) -> tuple[Area, Area]:
-    if isinstance(storage, RedisStorage):
-        queue: Area = (
-            _RedisSortedSet(storage, storage.queue_key, "queue", prefix=8)
-            if storage.priority
-            else _RedisList(storage)
-        )
-        return queue, _RedisSortedSet(storage, storage.schedule_key, "schedule", prefix=0)
-    if isinstance(storage, SqliteStorage):
-        return _SqliteTable(storage, "task", "queue"), _SqliteTable(
-            storage, "schedule", "schedule"
-        )
-    if isinstance(storage, PostgresStorage):
-        return (
-            _SqlTable(storage, storage.table_task, "queue", "%s"),
-            _SqlTable(storage, storage.table_schedule, "schedule", "%s"),
-        )
-    if isinstance(storage, FileStorage):
-        return (
-            _Directory(storage, storage.queue_path, "queue"),
-            _Directory(storage, storage.schedule_path, "schedule"),
-        )
-    if isinstance(storage, MemoryStorage):
-        return _MemoryQueue(storage), _MemorySchedule(storage)
-    raise ConfigurationError(
-        f"migrate-queue cannot rewrite a {type(storage).__name__} in place; it knows "
-        f"SqliteStorage, PostgresStorage, the Redis storages, FileStorage and MemoryStorage."
-    )
 
 
 # Redis: producers LPUSH at the head, workers (B)RPOP at the tail. A message's
@@ -245,10 +213,10 @@ class _SqliteTable(_SqlTable):
     """On SQLite the dead-letter table is in the same database: one transaction
     per chunk removes a message and writes its dead letter together."""
 
-    def __init__(self, storage: SqliteStorage, table: str, label: str) -> None:
+    def __init__(
+        self, storage: SqliteStorage, table: str, label: str, backend: SqliteBackend
+    ) -> None:
         super().__init__(storage, table, label, "?")
-        backend = backend_for(storage)
-        assert isinstance(backend, SqliteBackend)
         self._backend = backend
 
     def swap(self, ops: Sequence[_Op]) -> list[bool]:

@@ -6,38 +6,22 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any, Final, Literal, TypeAlias, TypeVar
-
-import orjson
-from huey.storage import (
-    FileStorage,
-    MemoryStorage,
-    PostgresStorage,
-    RedisPriorityQueue,
-    RedisStorage,
-    SqliteStorage,
-)
-
-from ..exceptions import ConfigurationError
-from .deadletters import (
-    FileBackend,
-    MemoryBackend,
-    PostgresBackend,
-    RedisBackend,
-    SqliteBackend,
-    backend_for,
-)
 
 __all__ = [
     "DEFAULT_CHUNK",
     "Chunk",
+    "DeadChunk",
     "Identity",
+    "SqlPages",
     "Where",
-    "dead_letter_chunks",
-    "dead_letter_count",
-    "message_chunks",
+    "chunks_of",
+    "file_chunks",
+    "memory_chunks",
+    "redis_list_chunks",
+    "redis_sorted_chunks",
 ]
 
 Where: TypeAlias = Literal["queue", "schedule", "dead_letters"]
@@ -53,6 +37,9 @@ _FILE_PREFIX: Final = 4096
 
 # -- reading storage in chunks -----------------------------------------------------------
 
+#: Task and version, and how many dead letters have them.
+DeadChunk: TypeAlias = list[tuple[Identity, int]]
+
 #: A chunk of stored messages with their due time (schedule only).
 Chunk: TypeAlias = Sequence[tuple[bytes, float | None]]
 
@@ -60,7 +47,7 @@ Chunk: TypeAlias = Sequence[tuple[bytes, float | None]]
 _T = TypeVar("_T")
 
 
-def _chunks_of(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
+def chunks_of(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
     """``items`` in lists of ``size`` (the last one shorter)."""
     chunk: list[_T] = []
     for item in items:
@@ -72,7 +59,7 @@ def _chunks_of(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
         yield chunk
 
 
-def _redis_list(conn: Any, key: str, size: int) -> Iterator[Chunk]:
+def redis_list_chunks(conn: Any, key: str, size: int) -> Iterator[Chunk]:
     # From the head (where producers push): a push moves every item one step
     # further, so an item that stays is never skipped; pops at the tail only
     # end the list sooner.
@@ -86,7 +73,7 @@ def _redis_list(conn: Any, key: str, size: int) -> Iterator[Chunk]:
         start += size
 
 
-def _redis_sorted(conn: Any, key: str, size: int, *, strip: int) -> Iterator[Chunk]:
+def redis_sorted_chunks(conn: Any, key: str, size: int, *, strip: int) -> Iterator[Chunk]:
     # From the highest score down: the scheduler and priority workers take the
     # lowest scores, which never moves the rank of what is left to read. The
     # schedule's scores are the due times; a priority queue's are priorities,
@@ -105,18 +92,20 @@ def _redis_sorted(conn: Any, key: str, size: int, *, strip: int) -> Iterator[Chu
         start += size
 
 
-class _SqlPages:
-    """Pages of (id, prefix, length[, timestamp]) rows of Huey's task and schedule tables."""
+class SqlPages:
+    """Pages of (id, prefix, length[, timestamp]) rows of Huey's task and schedule tables.
 
-    def __init__(self, storage: Any) -> None:
+    ``tables`` names the queue's and the schedule's table, ``placeholder`` is the
+    driver's, ``substr`` the dialect's prefix expression (one placeholder: its length).
+    """
+
+    def __init__(
+        self, storage: Any, tables: Mapping[Where, str], placeholder: str, substr: str
+    ) -> None:
         self.storage = storage
-        if isinstance(storage, PostgresStorage):
-            p, self._substr = "%s", "substring(data from 1 for %s)"
-            self._tables = {"queue": storage.table_task, "schedule": storage.table_schedule}
-        else:
-            p, self._substr = "?", "substr(data, 1, ?)"
-            self._tables = {"queue": "task", "schedule": "schedule"}
-        self._p = p
+        self._tables = tables
+        self._p = placeholder
+        self._substr = substr
 
     def chunks(self, where: Where, size: int) -> Iterator[Chunk]:
         table, p = self._tables[where], self._p
@@ -175,7 +164,17 @@ def _file_items(directory: str, *, stamped: bool) -> Iterator[tuple[bytes, float
             yield raw, due
 
 
-def _memory_items(storage: MemoryStorage, where: Where) -> list[tuple[bytes, float | None]]:
+def memory_chunks(storage: Any, where: Where, size: int) -> Iterator[Chunk]:
+    """A MemoryStorage's queue or schedule, in chunks of ``size``."""
+    return chunks_of(_memory_items(storage, where), size)
+
+
+def file_chunks(directory: str, size: int, *, stamped: bool) -> Iterator[Chunk]:
+    """A FileStorage's queue or schedule directory (``stamped``: named by due time)."""
+    return chunks_of(_file_items(directory, stamped=stamped), size)
+
+
+def _memory_items(storage: Any, where: Where) -> list[tuple[bytes, float | None]]:
     # References only, taken under the storage's lock: the bytes are not copied.
     with storage._lock:
         if where == "queue":
@@ -186,135 +185,3 @@ def _memory_items(storage: MemoryStorage, where: Where) -> list[tuple[bytes, flo
 def _stamp(ts: datetime.datetime) -> float:
     # The number every other storage keeps: the naive datetime read as local time.
     return ts.timestamp()
-
-
-def message_chunks(storage: Any, where: Where, size: int = DEFAULT_CHUNK) -> Iterator[Chunk]:
-    """The queue's or the schedule's messages, in chunks of about ``size``."""
-    if isinstance(storage, RedisStorage):
-        if where == "schedule":
-            return _redis_sorted(storage.conn, storage.schedule_key, size, strip=0)
-        if isinstance(storage, RedisPriorityQueue):
-            # A priority queue member starts with an 8-byte timestamp Huey adds.
-            return _redis_sorted(storage.conn, storage.queue_key, size, strip=8)
-        return _redis_list(storage.conn, storage.queue_key, size)
-    if isinstance(storage, SqliteStorage | PostgresStorage):
-        return _SqlPages(storage).chunks(where, size)
-    if isinstance(storage, MemoryStorage):
-        return _chunks_of(_memory_items(storage, where), size)
-    if isinstance(storage, FileStorage):
-        directory = storage.queue_path if where == "queue" else storage.schedule_path
-        return _chunks_of(_file_items(directory, stamped=where == "schedule"), size)
-    raise ConfigurationError(
-        f"A census cannot read {type(storage).__name__}; it reads MemoryStorage, "
-        f"SqliteStorage, PostgresStorage, FileStorage and the Redis storages."
-    )
-
-
-# -- dead letters: the store's own columns, never the bytes ------------------------------
-
-_DeadChunk: TypeAlias = list[tuple[Identity, int]]
-
-
-def _dead_meta(data: bytes) -> Identity:
-    meta, _, _ = bytes(data).partition(b"\n")
-    try:
-        parsed = orjson.loads(meta)
-    except orjson.JSONDecodeError:
-        return None, None
-    if type(parsed) is not dict:
-        return None, None
-    return _dead_identity(parsed.get("task"), parsed.get("version"))
-
-
-def _dead_redis(backend: RedisBackend, size: int) -> Iterator[_DeadChunk]:
-    # By sequence number (the index's unique scores), so that entries added or
-    # replayed meanwhile never shift the ones left to read.
-    conn, last = backend._conn, "-inf"
-    while True:
-        ids = conn.zrangebyscore(backend._index, last, "+inf", start=0, num=size, withscores=True)
-        if ids:
-            rows = conn.hmget(backend._entries, [member for member, _ in ids])
-            yield [(_dead_meta(row), 1) for row in rows if row is not None]
-        if len(ids) < size:
-            return
-        last = f"({ids[-1][1]!r}"
-
-
-def _has_table(backend: SqliteBackend | PostgresBackend) -> bool:
-    # A store never used has no table yet: the census does not create it.
-    if isinstance(backend, PostgresBackend):
-        query = "select to_regclass(%s) is not null"
-    else:
-        query = "select count(*) from sqlite_master where type = 'table' and name = ?"
-    return bool(backend._storage.sql(query, (backend.table,), results=True)[0][0])
-
-
-def _dead_sql(backend: SqliteBackend | PostgresBackend) -> Iterator[_DeadChunk]:
-    # Counted by the database, from the store's own columns.
-    if not _has_table(backend):
-        return
-    storage = backend._storage
-    p = "%s" if isinstance(backend, PostgresBackend) else "?"
-    rows = storage.sql(
-        f"select task, version, count(*) from {backend.table} where queue = {p} "
-        f"group by task, version",
-        (storage.name,),
-        results=True,
-    )
-    yield [(_dead_identity(task, version), int(count)) for task, version, count in rows]
-
-
-def _dead_identity(task: Any, version: Any) -> Identity:
-    # SQLite keeps whatever a column was given: a corrupt row counts as unknown.
-    return (task if type(task) is str else None, version if type(version) is int else None)
-
-
-def _dead_files(backend: FileBackend, size: int) -> Iterator[_DeadChunk]:
-    def entries() -> Iterator[tuple[Identity, int]]:
-        try:
-            listing = os.scandir(backend._dir)
-        except FileNotFoundError:
-            return
-        with listing:
-            for entry in listing:
-                if entry.name.startswith(".") or entry.name.endswith(".partial"):
-                    continue
-                try:
-                    with open(entry.path, "rb") as f:
-                        line = f.readline()
-                except FileNotFoundError:
-                    continue
-                yield _dead_meta(line), 1
-
-    yield from _chunks_of(entries(), size)
-
-
-def dead_letter_chunks(storage: Any, size: int = DEFAULT_CHUNK) -> Iterator[_DeadChunk]:
-    """(task, version) and a count for the dead-letter store beside ``storage``."""
-    backend = backend_for(storage)
-    if isinstance(backend, RedisBackend):
-        return _dead_redis(backend, size)
-    if isinstance(backend, SqliteBackend | PostgresBackend):
-        return _dead_sql(backend)
-    if isinstance(backend, FileBackend):
-        return _dead_files(backend, size)
-    assert isinstance(backend, MemoryBackend)
-    with backend._lock:
-        entries = list(backend._entries.values())
-    return iter(
-        [
-            [
-                (_dead_identity(getattr(e, "task", None), getattr(e, "version", None)), 1)
-                for e in entries[i : i + size]
-            ]
-            for i in range(0, len(entries), size)
-        ]
-    )
-
-
-def dead_letter_count(storage: Any) -> int:
-    """How many entries the dead-letter store beside ``storage`` holds (0 if never used)."""
-    backend = backend_for(storage)
-    if isinstance(backend, SqliteBackend | PostgresBackend) and not _has_table(backend):
-        return 0
-    return backend.count()
