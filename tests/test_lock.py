@@ -1544,7 +1544,7 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
         pytest.param(
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": "1",'
             ' "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
-            r"task 't' version is not an integer from 1 to 9223372036854775807",
+            r"task 't' version is not an integer from 1 to 2147483647",
             id="version-string",
         ),
         pytest.param(
@@ -1583,7 +1583,7 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": '
             + str(10**30)
             + ', "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
-            r"task 't' version is not an integer from 1 to 9223372036854775807",
+            r"task 't' version is not an integer from 1 to 2147483647",
             id="version-too-large",
         ),
         pytest.param(

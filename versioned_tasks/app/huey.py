@@ -63,6 +63,7 @@ from ..messages.readwrite import (
     task_factory,
     wire_info,
 )
+from ..messages.reasons import Reason
 from ..messages.rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
     DEFAULT_NEWER_VERSION_MAX_AGE,
@@ -137,7 +138,7 @@ class _Kept(NamedTuple):
     """A dead letter the worker writes for a task Huey could not write."""
 
     raw: bytes
-    reason: str
+    reason: Reason
     task: str
     version: int | None
     error: str
@@ -765,7 +766,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def _dead_letter(
         self,
         raw: bytes,
-        reason: str,
+        reason: Reason,
         task: str | None,
         version: int | None,
         error: str,
@@ -883,7 +884,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raw = self._writer.encode(task, validate=False)
         except EncodeError as again:
             return self._beyond_limits(task, where, again)
-        reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
+        reason: Reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
         error = (
             f"{where} with arguments that do not fit: {error_detail(exc)}. Fix the task's "
             f"signature or the caller, then replay."
@@ -1038,7 +1039,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return DecodeError(text)
 
     def _dead_letter_revoked(self, task: Task, error: DecodeError) -> None:
-        reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
+        reason: Reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
         name, version = _task_identity(task)
         raw = dequeued_bytes(task)
         slot = _in_flight(task)

@@ -45,7 +45,9 @@ from .readwrite import (
     error_detail,
     is_upcast_error,
     message_to_envelope,
+    new_task,
 )
+from .reasons import Reason
 
 __all__ = [
     "MAX_LEGACY_BYTES",
@@ -185,7 +187,7 @@ def build_converter(
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str, error: str) -> None:
+    def __init__(self, reason: Reason, error: str) -> None:
         self.reason = reason
         self.error = error
 
@@ -329,23 +331,23 @@ class LegacyConverter:
         on_error = self._callback(message.on_error, f"{path}.on_error")
         chord = self._chord(message.chord_config, f"{path}.chord")
         # The same fields, in the same order, as Huey's own Registry.create_task.
-        task: Task = task_class(
+        return new_task(
+            task_class,
             args,
             kwargs,
             message.id,
-            message.eta,
-            message.retries,
-            message.retry_delay,
-            message.priority,
-            message.expires,
-            on_complete,
-            on_error,
-            message.expires_resolved,
-            message.timeout,
-            chord,
-            message.retry_backoff,
+            eta=message.eta,
+            retries=message.retries,
+            retry_delay=message.retry_delay,
+            priority=message.priority,
+            expires=message.expires,
+            on_complete=on_complete,
+            on_error=on_error,
+            expires_resolved=message.expires_resolved,
+            timeout=message.timeout,
+            chord_config=chord,
+            retry_backoff=message.retry_backoff,
         )
-        return task
 
     def _callback(self, message: Any, path: str) -> Task | None:
         if message is None:
@@ -382,7 +384,7 @@ class LegacyConverter:
         try:
             return self.writer.encode(task)
         except InvalidArguments as exc:
-            reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
+            reason: Reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
             raise _Refused(reason, _detail(exc)) from None
         except EncodeError as exc:
             raise _Refused("invalid_payload" if spec else "undecodable", str(exc)) from None

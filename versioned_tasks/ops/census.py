@@ -37,6 +37,7 @@ from ..storage.scan import (
     Identity,
     Where,
 )
+from ..wire.envelope import MAC_LEN, MAX_KEY_ID_LEN, MAX_VERSION, PREFIX, SIGNED_PREFIX
 
 if TYPE_CHECKING:
     from ..app.huey import VersionedHuey
@@ -57,16 +58,11 @@ WHERES: Final[tuple[Where, ...]] = ("queue", "schedule", "dead_letters")
 #: Called after each chunk with the place and how many items were read.
 Progress: TypeAlias = Callable[[Where, int], None]
 
-_MAX_VERSION: Final = 2**31 - 1
 #: Deepest chain of callbacks followed in a header (on_complete of on_complete ...).
 _MAX_CALLBACK_DEPTH: Final = 64
 
 #: Header keys that say nothing about an eta or a callback.
 _PLAIN_KEYS: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build", "form", "params"})
-_ENVELOPE: Final = b"VTE1"
-_SIGNED: Final = b"VTS1"
-_MAC_LEN: Final = 64
-_MAX_KEY_ID: Final = 32
 
 _Key: TypeAlias = tuple[Where, str | None, int | None]
 
@@ -94,19 +90,19 @@ def _signed_start(raw: bytes) -> int:
 
     The signature is skipped, not checked: a census only counts.
     """
-    if raw[:4] != _SIGNED:
+    if raw[:4] != SIGNED_PREFIX:
         return -1
-    colon = raw.find(b":", 4, 4 + _MAX_KEY_ID + 1)
+    colon = raw.find(b":", 4, 4 + MAX_KEY_ID_LEN + 1)
     if colon <= 4:
         return -1
-    start = colon + 1 + _MAC_LEN
-    return start + 4 if raw[start : start + 4] == _ENVELOPE else -1
+    start = colon + 1 + MAC_LEN
+    return start + 4 if raw[start : start + 4] == PREFIX else -1
 
 
 def read_header(raw: bytes) -> dict[str, Any] | None:
     """The parsed header of an envelope (signed or not, the signature unchecked),
     or None for anything else. Only the bytes up to the first newline are parsed."""
-    start = 4 if raw[:4] == _ENVELOPE else _signed_start(raw)
+    start = 4 if raw[:4] == PREFIX else _signed_start(raw)
     end = raw.find(b"\n", start) if start > 0 else -1
     if end < 0:
         return None
@@ -118,7 +114,7 @@ def read_header(raw: bytes) -> dict[str, Any] | None:
 
 
 def _good_version(version: Any) -> bool:
-    return version is None or (type(version) is int and 1 <= version <= _MAX_VERSION)
+    return version is None or (type(version) is int and 1 <= version <= MAX_VERSION)
 
 
 def _identity(obj: Mapping[str, Any]) -> Identity:
@@ -174,9 +170,9 @@ class _Tally:
     def chunk(self, where: Where, chunk: Chunk) -> None:
         """Count a chunk of stored messages: the loop every message goes through."""
         counts, loads, decode_error = self.counts, orjson.loads, orjson.JSONDecodeError
-        top = _MAX_VERSION
+        top = MAX_VERSION
         for raw, due in chunk:
-            start = 4 if raw[:4] == _ENVELOPE else _signed_start(raw)
+            start = 4 if raw[:4] == PREFIX else _signed_start(raw)
             end = raw.find(b"\n", start) if start > 0 else -1
             try:
                 header = loads(raw[start:end]) if end > 0 else None

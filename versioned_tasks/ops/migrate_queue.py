@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..messages.legacy import LegacyConverter, is_envelope, is_legacy
 from ..messages.readwrite import Outcome, Rejected
+from ..messages.reasons import Reason
 from ..storage.adapters import adapter_for
 from ..storage.deadletters import DeadLetter, DeadLetterStore
 from ..storage.rewrite import Area, _Op
@@ -52,7 +53,7 @@ class Moved:
 
     area: str
     entry_id: str | None
-    reason: str
+    reason: Reason
     task: str | None
     version: int | None
     error: str

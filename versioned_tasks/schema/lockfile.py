@@ -16,6 +16,7 @@ from typing import Any, Final
 
 from .._version import __version__
 from ..exceptions import LockFileError
+from ..wire.envelope import MAX_VERSION
 from .diff import canonical
 
 __all__ = [
@@ -43,8 +44,6 @@ _TASK_KEYS: Final = frozenset(
     {"version", "upcasters_from", "allow_compatible_changes", "versions"}
 )
 _VERSION_KEYS: Final = frozenset({"fingerprint", "schema"})
-#: The highest version a lock may name (what an envelope header carries).
-_MAX_VERSION: Final = 2**63 - 1
 
 
 def fingerprint(schema: Any) -> str:
@@ -203,7 +202,7 @@ class _LockShape:
         where = f"task {name!r}"
         self._keys(self._mapping(entry, where), _TASK_KEYS, where)
         if not _is_version(entry["version"]):
-            raise self.fail(f"{where} version", f"is not an integer from 1 to {_MAX_VERSION}")
+            raise self.fail(f"{where} version", f"is not an integer from 1 to {MAX_VERSION}")
         steps = entry["upcasters_from"]
         if not isinstance(steps, list) or not all(_is_version(v) for v in steps):
             raise self.fail(f"{where} upcasters_from", "is not a list of versions")
@@ -230,14 +229,14 @@ class _LockShape:
 
 
 def _is_version(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= _MAX_VERSION
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_VERSION
 
 
 def _is_version_key(key: str) -> bool:
     # Checked as text before int(): Python refuses to convert thousands of digits.
-    if not (0 < len(key) <= len(str(_MAX_VERSION)) and key.isascii() and key.isdigit()):
+    if not (0 < len(key) <= len(str(MAX_VERSION)) and key.isascii() and key.isdigit()):
         return False
-    return not key.startswith("0") and int(key) <= _MAX_VERSION
+    return not key.startswith("0") and int(key) <= MAX_VERSION
 
 
 # -- checking -----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializ
 from typing_extensions import TypedDict
 
 from ..exceptions import EncodeError, InvalidArguments, SchemaError
+from ..wire.envelope import MAX_VERSION
 from ..wire.values import exception_field
 
 __all__ = [
@@ -340,6 +341,12 @@ def build_spec(
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SchemaError(
             f"Task {name!r} declares version {version!r}; versions are integers starting at 1.",
+            task=name,
+        )
+    if version > MAX_VERSION:
+        raise SchemaError(
+            f"Task {name!r} declares version {version}, above the largest version a message "
+            f"can carry ({MAX_VERSION}, 2**31 - 1); number its versions 1, 2, 3, ...",
             task=name,
         )
     if args_model is not None and context and "task" not in inspect.signature(func).parameters:

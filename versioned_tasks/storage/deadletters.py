@@ -23,13 +23,14 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
 
 from ..exceptions import DeadLetterNotFound, MessageRejected, ReplayFailed
 from ..messages.readwrite import REASONS
+from ..messages.reasons import Reason
 from .scan import DeadChunk, Identity, chunks_of
 
 __all__ = [
@@ -75,7 +76,7 @@ class DeadLetter:
     """
 
     id: str
-    reason: str
+    reason: Reason
     task: str | None
     version: int | None
     raw: bytes
@@ -225,7 +226,7 @@ def _pack(entry: DeadLetter) -> bytes:
 
 
 def new_entry(
-    reason: str, raw: bytes, error: str, task: str | None, version: int | None
+    reason: Reason, raw: bytes, error: str, task: str | None, version: int | None
 ) -> DeadLetter:
     """A new entry with a fresh id, created now."""
     return DeadLetter(
@@ -244,7 +245,7 @@ class DeadLetterBackend(Protocol):
 
     def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None: ...
     def get(self, id: str) -> DeadLetter | None: ...
-    def update(self, id: str, reason: str, error: str) -> bool: ...
+    def update(self, id: str, reason: Reason, error: str) -> bool: ...
     def take(self, id: str, data: bytes | None, priority: Any) -> bool: ...
     def delete(self, id: str) -> bool: ...
     def purge(self) -> int: ...
@@ -296,7 +297,7 @@ class DeadLetterStore:
     def add(
         self,
         *,
-        reason: str,
+        reason: Reason,
         raw: bytes,
         error: str,
         task: str | None = None,
@@ -321,7 +322,7 @@ class DeadLetterStore:
     def add_then_pop(
         self,
         *,
-        reason: str,
+        reason: Reason,
         raw: bytes,
         error: str,
         task: str | None = None,
@@ -372,7 +373,9 @@ class DeadLetterStore:
         try:
             requeue = self._replay(entry.raw)
         except MessageRejected as exc:
-            self._backend.update(id, exc.reason, exc.error)
+            # MessageRejected (exceptions.py, below this layer) keeps the reason as text;
+            # it is always one of REASONS, set by the reader.
+            self._backend.update(id, cast("Reason", exc.reason), exc.error)
             raise ReplayFailed(
                 id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
             ) from None
@@ -419,7 +422,7 @@ class MemoryBackend:
         value = self._entries.get(id)
         return None if value is None else self._entry(id, value)
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         with self._lock:
             entry = self._entries.get(id)
             if not isinstance(entry, DeadLetter):
@@ -560,7 +563,7 @@ class _SqlBackend:
         rows = self._sql(self._get, (self._queue, id))
         return self._row(rows[0]) if rows else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         values = (self._text(reason), self._text(error), self._queue, id)
         return bool(self._sql(self._update, values, write=True))
 
@@ -847,7 +850,7 @@ class RedisBackend:
         data = self._conn.hget(self._entries, id)
         return self._unpack(id, data) if data is not None else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         entry = self.get(id)
         if entry is None or entry.corrupt:
             return False
@@ -975,7 +978,7 @@ class FileBackend:
             path = self._find(id)
             return self._read(path) if path is not None else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         with self._lock:
             path = self._find(id)
             if path is None:
