@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import MakeHuey
+from helpers import MakeHuey
 
 from versioned_tasks import DeadLetter, ReplayFailed, VersionedHuey, take_census
 from versioned_tasks.cli import main

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import REDIS_URL, MakeHuey, require_redis
+from helpers import REDIS_URL, MakeHuey, require_redis
 from huey.signals import SIGNAL_ENQUEUED
 from pydantic import BaseModel, create_model
 

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import REDIS_URL, MakeHuey, require_redis
+from helpers import REDIS_URL, MakeHuey, require_redis, running_consumer, wait_for
 from huey.consumer import Consumer
 from huey.storage import BlackHoleStorage
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     ConfigurationError,

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Required
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import examples
+from helpers import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
