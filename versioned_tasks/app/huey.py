@@ -74,6 +74,7 @@ from ..messages.rolling import (
     check_policy,
     parse_emit_versions,
 )
+from ..schema.checks import check_registry
 from ..schema.registry import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
 from ..storage.adapters import adapter_for, fleet_enabled, reliable_enabled
 from ..storage.atomic import AtomicSql
@@ -659,7 +660,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             for key, task_class in self._registry._registry.items()
             if getattr(task_class, "_vt_spec", None) is None
         )
-        self.schema.check(plain)
+        check_registry(self.schema, plain)
 
     def _ensure_checked(self) -> None:
         if self.schema.dirty:
