@@ -1,5 +1,6 @@
 """The storage layer: the only code that names a Huey storage class.
 
-Dead-letter stores, fleet boards, header scans, in-place rewrites, the atomic pop
-and reliable fetch, one per backend.
+One adapter per backend (``adapters.py``, chosen by ``adapter_for``) gives its
+dead-letter store, fleet board, header scan, in-place rewrite, atomic pops and
+whether reliable fetch can run.
 """

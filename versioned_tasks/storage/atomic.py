@@ -164,7 +164,7 @@ class AtomicSql:
             if not took:
                 continue  # another worker took it first
             if isinstance(decision, Task):
-                decision.__dict__["_vt_dequeued"] = raw  # see _huey.dequeued_bytes
+                decision.__dict__["_vt_dequeued"] = raw  # see app.dispatch.dequeued_bytes
                 return decision
             if isinstance(decision, HandlerAction):
                 self._run_handler(raw, decision, act, rescue)

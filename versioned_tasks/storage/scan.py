@@ -1,5 +1,6 @@
-"""Header scans for the census: each storage's queue, schedule and dead letters,
-read in chunks without changing anything.
+"""Header scans for the census: a storage's queue or schedule read in chunks,
+without changing anything (each adapter picks its scan; dead-letter stores scan
+their own columns, ``identity_chunks``).
 """
 
 from __future__ import annotations
