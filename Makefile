@@ -25,6 +25,7 @@ demo: $(STAMP_RUN)
 lint: $(STAMP_DEV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 types: $(STAMP_DEV)
 	$(BIN)/mypy

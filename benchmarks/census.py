@@ -43,8 +43,8 @@ from typing import Any
 import redis
 
 from versioned_tasks import VersionedRedisHuey
-from versioned_tasks._census import read_identity, take_census
-from versioned_tasks._envelope import Keyring
+from versioned_tasks.ops.census import read_identity, take_census
+from versioned_tasks.wire.envelope import Keyring
 
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 SECRET = b"benchmark-census-secret-0123456789abcdef"

@@ -422,7 +422,8 @@ def current_stages() -> list[Stage]:
 
     These reach into private modules; a step whose names moved shows as n/a.
     """
-    from versioned_tasks import _envelope, _pipeline
+    from versioned_tasks.messages import readwrite as _pipeline
+    from versioned_tasks.wire import envelope as _envelope
 
     huey, send_invoice = today_app("bench-profile", 1)
     task = send_invoice.s(INVOICE_ID, EMAIL, lines=LINES)
@@ -480,7 +481,7 @@ def signed_stages() -> list[Stage]:
 
 def upcast_stages() -> list[Stage]:
     """The worker side of the 1-step upcast case, step by step."""
-    from versioned_tasks import _envelope
+    from versioned_tasks.wire import envelope as _envelope
 
     case = upcast_1_case()
     data = case.data

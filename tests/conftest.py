@@ -11,13 +11,22 @@ name), so a test can play "old code" and "new code" against one queue:
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import (
+    BACKENDS,
+    PG_DSN,
+    REDIS_URL,
+    MakeHuey,
+    flush_postgres_name,
+    flush_redis_name,
+    require_postgres,
+    require_redis,
+)
 from huey.storage import MemoryStorage
 
 from versioned_tasks import (
@@ -27,89 +36,6 @@ from versioned_tasks import (
     VersionedRedisHuey,
     VersionedSqliteHuey,
 )
-
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
-PG_DSN = os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
-#: Property tests run ``examples(n)`` cases: n by default, n times VT_FUZZ when
-#: that is set (``make fuzz`` runs them 50 times longer).
-FUZZ = max(1, int(os.environ.get("VT_FUZZ", "1")))
-
-
-def examples(n: int) -> int:
-    """How many cases a property test runs: ``n``, scaled by ``VT_FUZZ``."""
-    return n * FUZZ
-
-
-BACKENDS = ("memory", "sqlite", "redis", "postgres", "file")
-
-#: The tables Huey's PostgresStorage and the dead-letter store use (default prefix).
-PG_TABLES = ("huey_task", "huey_schedule", "huey_kv", "huey_counter", "huey_vt_dead_letters")
-
-
-MakeHuey = Callable[..., VersionedHuey]
-
-
-def redis_available() -> bool:
-    try:
-        import redis
-
-        with redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1) as conn:
-            conn.ping()
-    except Exception:
-        return False
-    return True
-
-
-def require_redis() -> None:
-    """Skip without Redis locally; fail under CI, where Redis must be running."""
-    if redis_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"Redis is not reachable at {REDIS_URL} and CI is set.")
-    pytest.skip(f"Redis is not reachable at {REDIS_URL}")
-
-
-def postgres_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect(PG_DSN, connect_timeout=2) as conn:
-            conn.execute("select 1")
-    except Exception:
-        return False
-    return True
-
-
-def require_postgres() -> None:
-    """Skip without PostgreSQL locally; fail under CI, where it must be running."""
-    if postgres_available():
-        return
-    if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is not reachable at {PG_DSN} and CI is set.")
-    pytest.skip(f"PostgreSQL is not reachable at {PG_DSN}")
-
-
-def _flush_postgres_name(name: str) -> None:
-    import psycopg
-    from psycopg import sql
-
-    with psycopg.connect(PG_DSN, autocommit=True) as conn:
-        for table in PG_TABLES:
-            # The dead-letter table exists only once some test has used it.
-            if conn.execute("select to_regclass(%s)", (table,)).fetchone() != (None,):
-                conn.execute(
-                    sql.SQL("delete from {} where queue = %s").format(sql.Identifier(table)),
-                    (name,),
-                )
-
-
-def _flush_redis_name(name: str) -> None:
-    import redis
-
-    with redis.Redis.from_url(REDIS_URL) as conn:
-        for key in conn.scan_iter(match=f"*{name}*"):
-            conn.delete(key)
 
 
 @pytest.fixture
@@ -158,8 +84,8 @@ def make_huey(backend: str, queue_name: str, tmp_path: Path) -> Iterator[MakeHue
 
     yield factory
     if backend == "redis":
-        _flush_redis_name(queue_name)
+        flush_redis_name(queue_name)
     elif backend == "postgres":
         for huey in made:
             huey.storage.close()  # one connection per app: do not wait for the GC
-        _flush_postgres_name(queue_name)
+        flush_postgres_name(queue_name)

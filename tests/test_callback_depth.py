@@ -18,9 +18,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import MakeHuey
+from helpers import MakeHuey, Recorder, queued, running_consumer, wait_for
 from huey.api import Task
-from test_consumer import Recorder, running_consumer, wait_for
 
 from versioned_tasks import ReplayFailed, VersionedHuey, VersionedMemoryHuey, VersionedSerializer
 
@@ -57,10 +56,6 @@ def pipeline(step: Any, steps: int, **options: Any) -> Task:
     for _ in range(steps - 1):
         call = call.then(step)
     return call
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def test_a_pipeline_nested_deeper_than_the_worker_writes_is_dead_lettered_whole_unrun(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import REDIS_URL, MakeHuey, require_redis
+from helpers import REDIS_URL, MakeHuey, require_redis
 from huey.storage import BlackHoleStorage
 
 from versioned_tasks import (
@@ -31,7 +31,7 @@ from versioned_tasks import (
     VersionedSqliteHuey,
     take_census,
 )
-from versioned_tasks._cli import main
+from versioned_tasks.cli import main
 
 SECRET = b"a census test secret of at least 32 bytes"
 #: Due times of the scheduled messages: whole seconds, which every storage keeps exactly.

@@ -24,7 +24,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from versioned_tasks import MessageRejected, VersionedHuey, VersionedSqliteHuey
-from versioned_tasks._cli import main
+from versioned_tasks.cli import main
 
 APP_MODULE = """\
 from versioned_tasks import VersionedSqliteHuey

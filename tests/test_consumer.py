@@ -2,72 +2,17 @@
 are dead-lettered without stalling the workers, good ones run exactly once.
 """
 
-import contextlib
 import pickle
 import re
-import signal
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from helpers import CONSUMER_OPTIONS, MakeHuey, Recorder, running_consumer, wait_for
 from huey.registry import Message
 
-from versioned_tasks import RetiredMessage, SchemaError, VersionedHuey
-
-MakeHuey = Callable[..., VersionedHuey]
-
-CONSUMER_OPTIONS: dict[str, Any] = {
-    "workers": 2,
-    "worker_type": "thread",
-    "periodic": False,
-    "initial_delay": 0.02,
-    "max_delay": 0.1,
-    "backoff": 1.5,
-    "scheduler_interval": 1,
-    "check_worker_health": False,
-}
-_SIGNALS = [signal.SIGINT, signal.SIGTERM, *([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])]
-
-
-@contextlib.contextmanager
-def running_consumer(app: VersionedHuey, **options: Any) -> Iterator[Any]:
-    """Start a consumer, and stop it (restoring signal handlers) however the test ends."""
-    handlers = {signum: signal.getsignal(signum) for signum in _SIGNALS}
-    consumer = app.create_consumer(**{**CONSUMER_OPTIONS, **options})
-    consumer.start()
-    try:
-        yield consumer
-    finally:
-        consumer.stop(graceful=True)
-        for signum, handler in handlers.items():
-            signal.signal(signum, handler)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(0.02)
-
-
-class Recorder:
-    """Thread-safe record of what the workers ran."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: list[tuple[Any, ...]] = []
-
-    def __call__(self, *call: Any) -> None:
-        with self._lock:
-            self.calls.append(call)
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self.calls)
+from versioned_tasks import RetiredMessage, SchemaError
 
 
 def test_a_mixed_queue_is_drained_good_messages_run_once_and_bad_ones_are_dead_lettered(

@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import MakeHuey
+from helpers import MakeHuey
 
 from versioned_tasks import DeadLetter, ReplayFailed, VersionedHuey, take_census
-from versioned_tasks._cli import main
+from versioned_tasks.cli import main
 
 _GOOD_META = b'{"reason":"unknown_task","task":"t","version":1,"error":"e","created_at":1.5}'
 

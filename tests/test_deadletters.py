@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import PG_DSN, require_postgres
+from helpers import PG_DSN, queued, require_postgres
 from huey.api import Result
 from huey.registry import Message
 
@@ -28,11 +28,6 @@ from versioned_tasks import (
 )
 
 MakeHuey = Callable[..., VersionedHuey]
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The exact bytes waiting on the queue, oldest first."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def only_queued(app: VersionedHuey) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import pytest
-from conftest import REDIS_URL, MakeHuey, require_redis
+from helpers import REDIS_URL, MakeHuey, require_redis
 from huey.signals import SIGNAL_ENQUEUED
 from pydantic import BaseModel, create_model
 
@@ -846,6 +846,38 @@ def test_version_must_be_a_positive_integer(version: Any) -> None:
         @huey.versioned_task(version=version, name="bad.version")
         def job(x: int) -> None:
             pass
+
+
+@pytest.mark.parametrize("version", [2**31, 2**63])
+def test_a_version_above_the_largest_a_message_carries_is_refused(version: int) -> None:
+    """The bound a header's version is read with (2**31 - 1) is checked at declaration:
+    a task declared above it is refused, naming the bound."""
+    huey = VersionedMemoryHuey("declare")
+    with pytest.raises(
+        SchemaError, match=r"above the largest version a message can carry \(2147483647"
+    ):
+
+        @huey.versioned_task(version=version, name="huge.version")
+        def job(x: int) -> None:
+            pass
+
+
+def test_the_largest_version_a_message_carries_runs_through_every_path() -> None:
+    """A task at version 2**31 - 1 runs through the fast path and, with retries set,
+    through the general path alike."""
+    huey = VersionedMemoryHuey("declare", immediate=True)
+
+    @huey.versioned_task(version=2**31 - 1, name="top.version")
+    def plain(x: int) -> int:
+        return x * 2
+
+    @huey.versioned_task(version=2**31 - 1, name="top.version.retried", retries=1)
+    def retried(x: int) -> int:
+        return x * 3
+
+    assert plain(21)() == 42
+    assert retried(14)() == 42
+    assert len(huey.dead_letters) == 0
 
 
 def test_a_task_name_declared_twice_is_refused() -> None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import REDIS_URL, require_redis
+from helpers import REDIS_URL, require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGES = sorted(

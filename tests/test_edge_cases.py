@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import queued
 from huey.api import chord, group
 from huey.signals import SIGNAL_ENQUEUED
 from pydantic import BaseModel, Field, Json, SecretBytes, SecretStr
@@ -38,11 +39,6 @@ MakeHuey = Callable[..., VersionedHuey]
 PAST = datetime.datetime(2000, 1, 1)
 EARLIER = datetime.datetime(1999, 1, 1)
 FUTURE = datetime.datetime(2100, 1, 1)
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The exact bytes waiting on the queue, oldest first."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def record_enqueued(app: VersionedHuey) -> list[str]:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeHuey, examples
+from helpers import MakeHuey, examples
 from huey import MemoryHuey, SqliteHuey
 from huey.api import Huey, chord
 from huey.exceptions import TaskException

@@ -19,10 +19,9 @@ from typing import Any
 import pytest
 import redis
 from click.testing import CliRunner
-from conftest import REDIS_URL, MakeHuey, require_redis
+from helpers import REDIS_URL, MakeHuey, require_redis, running_consumer, wait_for
 from huey.consumer import Consumer
 from huey.storage import BlackHoleStorage
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     ConfigurationError,
@@ -31,7 +30,7 @@ from versioned_tasks import (
     live_workers,
     readable_versions,
 )
-from versioned_tasks._cli import main
+from versioned_tasks.cli import main
 
 INTERVAL = 0.5  # stale after 1.5 s: room for a starved heartbeat on a busy machine
 

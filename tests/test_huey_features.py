@@ -15,12 +15,14 @@ import time
 from typing import Any
 
 import pytest
-from conftest import (
+from helpers import (
     PG_DSN,
     REDIS_URL,
     MakeHuey,
     require_postgres,
     require_redis,
+    running_consumer,
+    wait_for,
 )
 from huey import crontab
 from huey.api import Task, chord, group
@@ -37,7 +39,6 @@ from huey.signals import (
     SIGNAL_SCHEDULED,
     SIGNAL_TIMEOUT,
 )
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     InvalidArguments,

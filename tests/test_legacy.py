@@ -24,11 +24,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import REDIS_URL, require_redis
+from helpers import REDIS_URL, Recorder, require_redis, running_consumer, wait_for
 from huey import Huey
 from huey.api import chord
 from huey.storage import MemoryStorage
-from test_consumer import Recorder, running_consumer, wait_for
 
 from versioned_tasks import (
     DecodeError,
@@ -37,9 +36,9 @@ from versioned_tasks import (
     VersionedPriorityRedisHuey,
     VersionedSqliteHuey,
 )
-from versioned_tasks._cli import main
-from versioned_tasks._envelope import MAGIC
-from versioned_tasks._legacy import _Op, _RedisList
+from versioned_tasks.cli import main
+from versioned_tasks.storage.rewrite import _Op, _RedisList
+from versioned_tasks.wire.envelope import MAGIC
 
 MakeHuey = Callable[..., VersionedHuey]
 

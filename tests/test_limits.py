@@ -11,30 +11,23 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import MakeHuey, examples
+from helpers import MakeHuey, Recorder, examples, queued, running_consumer, wait_for
 from huey import MemoryHuey
 from huey.signals import SIGNAL_ENQUEUED
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_consumer import Recorder, running_consumer, wait_for
 
 from versioned_tasks import (
     ConfigurationError,
     DecodeError,
     EncodeError,
     EnvelopeTooLarge,
-    VersionedHuey,
     VersionedMemoryHuey,
     VersionedSerializer,
     VersionedTaskError,
 )
 
 KEY = b"limits-secret-only-for-the-test-suite-01"
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The exact bytes waiting on the queue, oldest first."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def nested(depth: int) -> Any:

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal, Optional, Required
 
 import pytest
 from click.testing import CliRunner, Result
-from conftest import examples
+from helpers import examples
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
@@ -30,8 +30,8 @@ from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from typing_extensions import TypedDict
 
 from versioned_tasks import ConfigurationError, LockFileError, VersionedHuey
-from versioned_tasks._cli import main
-from versioned_tasks._lock import (
+from versioned_tasks.cli import main
+from versioned_tasks.ops.lock import (
     DEFAULT_LOCK_PATH,
     build_lock,
     check_lock,
@@ -39,7 +39,7 @@ from versioned_tasks._lock import (
     version_schema,
     write_lock,
 )
-from versioned_tasks._schema_diff import classify
+from versioned_tasks.schema.diff import classify
 
 APP_MODULE = """\
 from typing import Annotated, Literal, Optional, Union
@@ -1544,7 +1544,7 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
         pytest.param(
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": "1",'
             ' "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
-            r"task 't' version is not an integer from 1 to 9223372036854775807",
+            r"task 't' version is not an integer from 1 to 2147483647",
             id="version-string",
         ),
         pytest.param(
@@ -1583,7 +1583,7 @@ VALID_FINGERPRINT = "sha256:" + "0" * 64
             '{"lock_format": 1, "renames": {}, "tombstones": [], "tasks": {"t": {"version": '
             + str(10**30)
             + ', "upcasters_from": [], "allow_compatible_changes": false, "versions": {}}}}',
-            r"task 't' version is not an integer from 1 to 9223372036854775807",
+            r"task 't' version is not an integer from 1 to 2147483647",
             id="version-too-large",
         ),
         pytest.param(
@@ -1767,7 +1767,7 @@ def test_the_lock_is_the_same_in_every_process(write_app: WriteApp, tmp_path: Pa
             [
                 sys.executable,
                 "-c",
-                "from versioned_tasks._cli import main; main()",
+                "from versioned_tasks.cli import main; main()",
                 "lock",
                 "--app",
                 f"{module}:huey",

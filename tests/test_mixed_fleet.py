@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL, require_redis
+from helpers import REDIS_URL, require_redis
 
 from versioned_tasks import VersionedRedisHuey, VersionedSerializer
 

@@ -23,8 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PG_DSN, require_postgres
-from test_consumer import Recorder, running_consumer, wait_for
+from helpers import PG_DSN, Recorder, require_postgres, running_consumer, wait_for
 
 from versioned_tasks import VersionedPostgresHuey
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from versioned_tasks import VersionedMemoryHuey
-from versioned_tasks._lock import build_lock, write_lock
+from versioned_tasks.ops.lock import build_lock, write_lock
 
 pytest_plugins = ["pytester"]
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from helpers import queued
 from huey.exceptions import TaskException
 from huey.registry import Message
 
@@ -23,11 +24,6 @@ MakeHuey = Callable[..., VersionedHuey]
 
 PAST = datetime.datetime(2000, 1, 1)
 FUTURE = datetime.datetime(2100, 1, 1)
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The exact bytes waiting on the queue, oldest first."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def header_and_body(raw: bytes) -> tuple[dict[str, Any], Any]:

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import REDIS_URL, require_redis
+from helpers import REDIS_URL, require_redis, running_consumer, wait_for
 from huey.storage import (
     FileStorage,
     MemoryStorage,
@@ -32,7 +32,6 @@ from huey.storage import (
     RedisStorage,
     SqliteStorage,
 )
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import ConfigurationError, VersionedHuey, VersionedRedisHuey
 

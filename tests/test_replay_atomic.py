@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 import pytest
 import redis
-from conftest import PG_DSN, REDIS_URL, MakeHuey, require_postgres, require_redis
+from helpers import PG_DSN, REDIS_URL, MakeHuey, queued, require_postgres, require_redis
 from huey.api import Result
 from huey.signals import SIGNAL_ENQUEUED
 from huey.storage import (
@@ -56,10 +56,6 @@ def dead_letter_a_refund(old: VersionedHuey, new: VersionedHuey, order_id: int =
     [entry] = new.dead_letters
     assert entry.reason == "unknown_task"
     return entry.id
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def run_queue(app: VersionedHuey) -> list[Any]:
@@ -180,7 +176,7 @@ def lossy_redis(queue_name: str) -> Iterator[LossyApp]:
     """Apps on one Redis queue whose connections are LossyConnections, with or
     without redis-py's own retry; returns the app and its connection class."""
     require_redis()
-    from conftest import _flush_redis_name
+    from helpers import flush_redis_name
 
     def factory(
         *, retry: bool, storage_class: type[RedisStorage] = RedisStorage
@@ -196,7 +192,7 @@ def lossy_redis(queue_name: str) -> Iterator[LossyApp]:
         return app, connection_class
 
     yield factory
-    _flush_redis_name(queue_name)
+    flush_redis_name(queue_name)
 
 
 @pytest.mark.parametrize("storage_class", [RedisStorage, PriorityRedisStorage])

@@ -18,13 +18,11 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import MakeHuey, examples
+from helpers import MakeHuey, Recorder, examples, queued, running_consumer, signer, wait_for
 from huey.signals import SIGNAL_REVOKED
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import datetimes, json_scalars, json_values
-from test_consumer import Recorder, running_consumer, wait_for
-from test_signing import signer
 
 from versioned_tasks import DecodeError, SignatureError, VersionedHuey
 
@@ -62,10 +60,6 @@ def huey_errors(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], list[
     """What Huey's consumer and core logged at ERROR or above."""
     with caplog.at_level(logging.ERROR, logger="huey"):
         yield lambda: [r.getMessage() for r in caplog.records if r.name.startswith("huey")]
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def test_every_record_huey_cannot_read_dead_letters_its_task_with_the_dequeued_bytes(

@@ -21,9 +21,8 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import REDIS_URL, require_redis
+from helpers import REDIS_URL, queued, require_redis, running_consumer, wait_for
 from huey.signals import SIGNAL_ENQUEUED
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     SIGNAL_DEFERRED,
@@ -38,8 +37,8 @@ from versioned_tasks import (
     VersionedSerializer,
     VersionedTaskError,
 )
-from versioned_tasks._lock import build_lock, write_lock
-from versioned_tasks._rolling import HandOffs
+from versioned_tasks.messages.rolling import HandOffs
+from versioned_tasks.ops.lock import build_lock, write_lock
 
 MakeHuey = Callable[..., VersionedHuey]
 TASK = "shop.charge"
@@ -84,10 +83,6 @@ def declare_v3(app: VersionedHuey, *, downcaster: bool = True, **options: Any) -
             return {"order_id": payload["order_id"], "amount": euros}
 
     return charge
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def scheduled(app: VersionedHuey) -> list[bytes]:

@@ -14,12 +14,21 @@ import time
 from typing import Any
 
 import pytest
-from conftest import MakeHuey, examples
+from helpers import (
+    K1,
+    K2,
+    MakeHuey,
+    Recorder,
+    examples,
+    queued,
+    running_consumer,
+    signer,
+    wait_for,
+)
 from huey import MemoryHuey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import codec_values, same
-from test_consumer import Recorder, running_consumer, wait_for
 
 from versioned_tasks import (
     ConfigurationError,
@@ -30,24 +39,7 @@ from versioned_tasks import (
     VersionedSerializer,
 )
 
-K1 = b"k1-secret-only-for-the-test-suite-0001"
-K2 = b"k2-secret-only-for-the-test-suite-0002"
 FORGED = b"not-the-real-k1-secret-but-as-long-0003"
-
-
-def signer(*ids: str, signing_key: str | None = None, **options: Any) -> VersionedSerializer:
-    """A serializer holding the test keys named by ``ids``."""
-    known = {"k1": K1, "k2": K2}
-    return VersionedSerializer(
-        secret_keys={key_id: known[key_id] for key_id in ids},
-        signing_key=signing_key,
-        **options,
-    )
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The exact bytes waiting on the queue, oldest first."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def split_signed(raw: bytes) -> tuple[bytes, bytes, bytes]:

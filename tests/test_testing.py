@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import MakeHuey, examples
+from helpers import MakeHuey, examples
 from huey.storage import SqliteStorage
 from hypothesis import HealthCheck, given, settings
 from pydantic import BaseModel, field_validator
@@ -24,7 +24,7 @@ from versioned_tasks import (
     VersionedSerializer,
     VersionedSqliteHuey,
 )
-from versioned_tasks._lock import build_lock, write_lock
+from versioned_tasks.ops.lock import build_lock, write_lock
 from versioned_tasks.testing import (
     Captured,
     Skipped,

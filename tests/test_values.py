@@ -14,13 +14,12 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import MakeHuey
+from helpers import MakeHuey, running_consumer, wait_for
 from huey import MemoryHuey
 from huey.exceptions import TaskException
 from huey.registry import Message
 from huey.utils import SKIPPED, Error
 from pydantic import BaseModel
-from test_consumer import running_consumer, wait_for
 
 from versioned_tasks import (
     DecodeError,

@@ -13,12 +13,9 @@ dead-lettered, never lost.
         return {**payload, "currency": "EUR"}
 """
 
-from ._actions import SIGNAL_DEFERRED, DeferredMessage
-from ._census import Census, CensusRow, Removal, take_census
-from ._codec import RemoteException
-from ._deadletters import DeadLetter, DeadLetterStore
-from ._fleet import WorkerInfo, live_workers, readable_versions
-from ._huey import (
+from ._version import __version__
+from .app.fleet import WorkerInfo, live_workers, readable_versions
+from .app.huey import (
     VersionedFileHuey,
     VersionedHuey,
     VersionedMemoryHuey,
@@ -30,10 +27,7 @@ from ._huey import (
     VersionedSqliteHuey,
     VersionedTaskWrapper,
 )
-from ._pipeline import REASONS, RetiredMessage
-from ._schema import RESERVED_PARAMETERS
-from ._serializer import VersionedSerializer
-from ._version import __version__
+from .app.serializer import VersionedSerializer
 from .exceptions import (
     ConfigurationError,
     DeadLetterNotFound,
@@ -50,6 +44,12 @@ from .exceptions import (
     SignatureError,
     VersionedTaskError,
 )
+from .messages.actions import SIGNAL_DEFERRED, DeferredMessage
+from .messages.readwrite import REASONS, RetiredMessage
+from .ops.census import Census, CensusRow, Removal, take_census
+from .schema.registry import RESERVED_PARAMETERS
+from .storage.deadletters import DeadLetter, DeadLetterStore
+from .wire.values import RemoteException
 
 __all__ = [
     "REASONS",

@@ -34,10 +34,10 @@ from typing import Any
 import pytest
 
 from . import testing
-from ._apps import import_app
-from ._huey import VersionedHuey, VersionedMemoryHuey
-from ._lock import DEFAULT_LOCK_PATH
+from .app.huey import VersionedHuey, VersionedMemoryHuey
+from .app.loader import import_app
 from .exceptions import ConfigurationError
+from .ops.lock import DEFAULT_LOCK_PATH
 
 __all__ = [
     "CorpusFile",

@@ -40,11 +40,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import orjson
 from huey.api import Task
 
-from ._huey import VersionedHuey, VersionedTaskWrapper
-from ._lock import DEFAULT_LOCK_PATH, is_directory_name, read_lock, version_schema
-from ._pipeline import Newer, Rejected, Retired
-from ._schema import TaskSpec
+from .app.huey import VersionedHuey, VersionedTaskWrapper
 from .exceptions import ConfigurationError, DecodeError, SchemaError, VersionedTaskError
+from .messages.readwrite import Newer, Rejected, Retired
+from .ops.lock import DEFAULT_LOCK_PATH, is_directory_name, read_lock, version_schema
+from .schema.registry import TaskSpec
 
 if TYPE_CHECKING:
     from hypothesis.strategies import SearchStrategy
@@ -198,10 +198,10 @@ def _upcast(
         ) from None
     header = {"kind": "task", "task": name, "v": version, "id": _CASE_ID, "at": time.time()}
     try:
-        raw = huey._writer.frame(orjson.dumps(header), body)
+        raw = huey.message_writer.frame(orjson.dumps(header), body)
     except VersionedTaskError as exc:  # over the serializer's max_size or max_depth
         raise AssertionError(f"{subject}: no envelope can carry this payload: {exc}") from None
-    outcome = huey._reader.read(raw)
+    outcome = huey.message_reader.read(raw)
     if isinstance(outcome, Task):
         return _current_payload(huey, name, outcome)
     raise AssertionError(_explain(huey, subject, name, version, payload, outcome))
@@ -529,7 +529,7 @@ def _stored(huey: VersionedHuey, source: str) -> Iterable[tuple[str, bytes]]:
 
 def _capture_one(huey: VersionedHuey, root: Path, raw: bytes, scrub: Scrub | None) -> Path:
     try:
-        header, body = huey._reader.unpack(raw)
+        header, body = huey.message_reader.unpack(raw)
     except DecodeError as exc:
         raise _Skip(f"not a readable envelope ({exc})") from None
     name, version, ident = header.get("task"), header.get("v"), header.get("id")

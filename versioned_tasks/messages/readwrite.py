@@ -32,10 +32,8 @@ from huey.registry import Message
 from huey.utils import ChordConfig
 from pydantic import ValidationError
 
-from . import _codec, _envelope
-from ._schema import SchemaRegistry, TaskSpec, bind_positional
-from ._version import __version__
-from .exceptions import (
+from .._version import __version__
+from ..exceptions import (
     DecodeError,
     DowncastFailed,
     EncodeError,
@@ -43,33 +41,28 @@ from .exceptions import (
     SchemaError,
     SignatureError,
 )
+from ..schema.registry import SchemaRegistry, TaskSpec, bind_positional
+from ..wire import envelope as _envelope
+from ..wire import values as _codec
+from .reasons import REASONS, Reason
 
 __all__ = [
     "REASONS",
     "Newer",
     "Reader",
+    "Reason",
     "Rejected",
     "Retired",
     "RetiredMessage",
     "Writer",
+    "new_task",
 ]
 
-#: Every reason a message can be dead-lettered for.
-REASONS: Final = (
-    "undecodable",
-    "bad_signature",
-    "unknown_task",
-    "upcast_failed",
-    "invalid_payload",
-    "newer_version",
-    "retired",
-)
 
 logger = logging.getLogger("versioned_tasks")
 
 PRODUCER: Final = f"versioned_tasks/{__version__}"
 _FORM_POSITIONAL: Final = "positional"
-_MAX_VERSION: Final = 2**31 - 1
 #: Longest retry delay or timeout read from a header: ten years, in seconds.
 _MAX_SECONDS: Final = 10 * 365 * 24 * 3600.0
 _NUMBER: Final = (int, float)
@@ -90,7 +83,7 @@ OldSchemaCheck = Callable[[str, int, Any], "str | None"]
 class Rejected:
     """The message cannot run; it belongs in the dead-letter store."""
 
-    reason: str
+    reason: Reason
     task: str | None
     version: int | None
     error: str
@@ -148,7 +141,7 @@ Outcome: TypeAlias = "Task | Rejected | Newer | Retired"
 
 
 class _Reject(Exception):
-    def __init__(self, reason: str, error: str) -> None:
+    def __init__(self, reason: Reason, error: str) -> None:
         self.reason = reason
         self.error = error
 
@@ -558,7 +551,9 @@ def _identity(header: Mapping[str, Any]) -> tuple[str | None, int | None]:
     version = header.get("v")
     if kind != _envelope.KIND_TASK or type(name) is not str or not name:
         return None, None
-    if version is not None and (type(version) is not int or not 1 <= version <= _MAX_VERSION):
+    if version is not None and (
+        type(version) is not int or not 1 <= version <= _envelope.MAX_VERSION
+    ):
         return None, None
     return name, version
 
@@ -611,21 +606,65 @@ def _build_task(
         and (timeout is None or _seconds(timeout))
     ):
         raise _Reject("undecodable", "Envelope scheduling fields have the wrong types or ranges.")
-    return task_class(
+    return new_task(
+        task_class,
         args,
         kwargs,
         _id(header),
-        _datetime(get("eta"), "eta"),
+        eta=_datetime(get("eta"), "eta"),
+        retries=retries,
+        retry_delay=delay,
+        priority=priority,
+        expires=_expires(get("expires")),
+        on_complete=nested.get("on_complete"),
+        on_error=nested.get("on_error"),
+        expires_resolved=_datetime(get("expires_resolved"), "expires_resolved"),
+        timeout=timeout,
+        chord_config=nested.get("chord_config"),
+        retry_backoff=backoff,
+    )
+
+
+def new_task(
+    task_class: type[Task],
+    args: Any,
+    kwargs: Any,
+    id: Any,
+    *,
+    eta: datetime.datetime | None = None,
+    retries: Any = 0,
+    retry_delay: Any = 0,
+    priority: Any = None,
+    expires: Any = None,
+    on_complete: Any = None,
+    on_error: Any = None,
+    expires_resolved: datetime.datetime | None = None,
+    timeout: Any = None,
+    chord_config: Any = None,
+    retry_backoff: Any = 0,
+) -> Task:
+    """Huey's ``Task(...)``, its fourteen positional arguments named: the one place
+    the library builds a task.
+
+    The order is that of Huey's own ``Registry.create_task``. Retries and delays
+    default to 0, not None: ``Task()`` would replace None with the class default
+    and give a task back retries it had used up.
+    """
+    return task_class(
+        args,
+        kwargs,
+        id,
+        eta,
         retries,
-        delay,
+        retry_delay,
         priority,
-        _expires(get("expires")),
-        nested.get("on_complete"),
-        nested.get("on_error"),
-        _datetime(get("expires_resolved"), "expires_resolved"),
+        expires,
+        on_complete,
+        on_error,
+        expires_resolved,
         timeout,
-        nested.get("chord_config"),
-        backoff,
+        chord_config,
+        retry_backoff,
     )
 
 
@@ -691,10 +730,7 @@ def task_factory(task_class: type[Task]) -> Callable[..., Task]:
     """
 
     def construct(args: Any, kwargs: Any, ident: str, wire: Any) -> Task:
-        # Absent retries/delays decode as 0, not None: see _build_task.
-        task = task_class(
-            args, kwargs, ident, None, 0, 0, None, None, None, None, None, None, None, 0
-        )
+        task = new_task(task_class, args, kwargs, ident)
         task._vt_wire = wire
         return task
 
@@ -1103,3 +1139,6 @@ def is_upcast_error(exc: Exception) -> bool:
     """Whether an InvalidArguments came from an upcaster rather than validation."""
     errors = getattr(exc, "errors", None) or []
     return any(e.get("type") == "upcast_failed" for e in errors)
+
+
+_codec.register_message_codec(message_object, message_from_object)

@@ -41,11 +41,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ._deadletters import DeadLetter
-from ._huey import VersionedHuey, VersionedSqliteHuey, VersionedTaskWrapper
-from ._pipeline import RetiredMessage
-from ._serializer import VersionedSerializer
-from .exceptions import DecodeError
+from ..app.huey import VersionedHuey, VersionedSqliteHuey, VersionedTaskWrapper
+from ..app.serializer import VersionedSerializer
+from ..exceptions import DecodeError
+from ..messages.readwrite import RetiredMessage
+from ..storage.deadletters import DeadLetter
 
 __all__ = ["run"]
 

@@ -7,7 +7,6 @@ All Huey-specific glue lives here, through Huey's own seams: ``serialize_task``,
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import contextvars
 import datetime
@@ -18,48 +17,35 @@ import os
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, ParamSpec, TypeVar, cast, overload
 
 from huey.api import Huey, PeriodicTask, Result, ResultGroup, Task, TaskWrapper, chord, group
 from huey.constants import EmptyData
 from huey.signals import SIGNAL_ENQUEUED, SIGNAL_INTERRUPTED, SIGNAL_SCHEDULED
-from huey.storage import (
-    FileStorage,
-    MemoryStorage,
-    PostgresStorage,
-    PriorityRedisExpireStorage,
-    PriorityRedisStorage,
-    RedisExpireStorage,
-    RedisStorage,
-    SqliteStorage,
-)
 from pydantic import BaseModel, ValidationError
 
-from ._actions import (
+from ..exceptions import (
+    ConfigurationError,
+    DecodeError,
+    EncodeError,
+    InvalidArguments,
+    InvalidResult,
+    MessageRejected,
+    SchemaError,
+    SignatureError,
+)
+from ..messages.actions import (
     SIGNAL_DEFERRED,
-    DeadLetterAction,
-    DeferAction,
     DeferredMessage,
-    HandlerAction,
-    RequeueAction,
 )
-from ._actions import Action as _Action
-from ._atomic import AtomicSql, atomic_for
-from ._census import CensusRow, take_census
-from ._codec import register_model
-from ._deadletters import DeadLetterStore, Requeue, backend_for
-from ._envelope import MAX_DEPTH_CEILING
-from ._fleet import (
-    DEFAULT_FLEET_INTERVAL,
-    FleetConsumer,
-    Heartbeat,
-    WorkerInfo,
-    board_for,
-    fleet_enabled,
-    live_workers,
+from ..messages.legacy import (
+    LegacyConverter,
+    LegacyReader,
+    LegacyValueSerializer,
+    build_converter,
+    warn_enabled,
 )
-from ._legacy import LegacyReader, LegacyValueSerializer, build_converter, warn_enabled
-from ._pipeline import (
+from ..messages.readwrite import (
     Newer,
     Reader,
     Rejected,
@@ -71,9 +57,8 @@ from ._pipeline import (
     task_factory,
     wire_info,
 )
-from ._reliable import InflightLists, Slot, reliable_enabled
-from ._revocations import check_record, restore_hint
-from ._rolling import (
+from ..messages.reasons import Reason
+from ..messages.rolling import (
     DEFAULT_NEWER_VERSION_DELAY,
     DEFAULT_NEWER_VERSION_MAX_AGE,
     AutoEmit,
@@ -83,18 +68,37 @@ from ._rolling import (
     check_policy,
     parse_emit_versions,
 )
-from ._schema import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
-from ._serializer import VersionedSerializer
-from .exceptions import (
-    ConfigurationError,
-    DecodeError,
-    EncodeError,
-    InvalidArguments,
-    InvalidResult,
-    MessageRejected,
-    SchemaError,
-    SignatureError,
+from ..schema.checks import check_registry
+from ..schema.registry import Downcaster, SchemaRegistry, TaskSpec, Upcaster, build_spec
+from ..storage.adapters import adapter_for, fleet_enabled, reliable_enabled
+from ..storage.atomic import AtomicSql
+from ..storage.classes import (
+    FileStorage,
+    MemoryStorage,
+    PostgresStorage,
+    PriorityRedisExpireStorage,
+    PriorityRedisStorage,
+    RedisExpireStorage,
+    RedisStorage,
+    SqliteStorage,
 )
+from ..storage.deadletters import DeadLetterStore, Requeue
+from ..storage.reliable import InflightLists, Slot
+from ..wire.envelope import MAX_DEPTH_CEILING
+from ..wire.revocations import check_record, restore_hint
+from ..wire.values import register_model
+from .dispatch import Dispatcher, dequeued_bytes, remember_dequeued
+from .fleet import (
+    DEFAULT_FLEET_INTERVAL,
+    FleetConsumer,
+    Heartbeat,
+    WorkerInfo,
+    live_workers,
+)
+from .serializer import VersionedSerializer
+
+if TYPE_CHECKING:
+    from ..ops.census import CensusRow
 
 __all__ = [
     "VersionedFileHuey",
@@ -130,7 +134,7 @@ class _Kept(NamedTuple):
     """A dead letter the worker writes for a task Huey could not write."""
 
     raw: bytes
-    reason: str
+    reason: Reason
     task: str
     version: int | None
     error: str
@@ -307,6 +311,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters_lock = threading.Lock()
         self._atomic_sql: AtomicSql | None = None
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
+        self._dispatch = Dispatcher(self)
         self._reader = Reader(
             self.schema, serializer.unpack, self._plain_task, max_depth=serializer.max_depth
         )
@@ -315,7 +320,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._deep_writer = Writer(self.schema, serializer.frame_deep, app_build)
         self._configure_emit(emit, old_schemas)
         # Adopting a pickle queue: legacy bytes are converted where they are read.
-        self._legacy = build_converter(self, legacy_pickle)
+        self._legacy = build_converter(legacy_pickle, self.schema, self.task_classes, self._writer)
         if self._legacy is not None:
             self._reader = LegacyReader(self._reader, self._legacy)
             self.serializer = LegacyValueSerializer(serializer)
@@ -324,8 +329,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if not fleet_interval > 0:
             raise ConfigurationError(f"fleet_interval must be positive, got {fleet_interval!r}.")
         self.fleet_interval = float(fleet_interval)
-        self.fleet_enabled = fleet_enabled(fleet, self.storage)
-        self.reliable = reliable_enabled(reliable, self.storage, heartbeats=self.fleet_enabled)
+        adapter = adapter_for(self.storage)
+        self.fleet_enabled = fleet_enabled(fleet, adapter)
+        self.reliable = reliable_enabled(reliable, adapter, heartbeats=self.fleet_enabled)
         #: The in-flight lists of reliable fetch (None when it is off).
         self.inflight = (
             InflightLists(self.storage, required=reliable is True) if self.reliable else None
@@ -376,7 +382,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     ) -> None:
         self._writer.check_old = old_schemas
         if emit == "auto":
-            from ._fleet import readable_versions
+            from .fleet import readable_versions
 
             self._writer.emit = AutoEmit(self, self.schema, readable_versions)
         elif emit:
@@ -650,7 +656,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             for key, task_class in self._registry._registry.items()
             if getattr(task_class, "_vt_spec", None) is None
         )
-        self.schema.check(plain)
+        check_registry(self.schema, plain)
 
     def _ensure_checked(self) -> None:
         if self.schema.dirty:
@@ -664,7 +670,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         self.check_schemas()
         self.dead_letters  # noqa: B018 - fails early for a storage without a store
-        board = board_for(self.storage) if self.fleet_enabled else None
+        board = adapter_for(self.storage).fleet_board() if self.fleet_enabled else None
         if board is None:
             return super().create_consumer(**options)
         heartbeat = Heartbeat(self, board, self.fleet_interval)
@@ -674,6 +680,34 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The consumers of this queue that published a heartbeat recently."""
         return live_workers(self)
 
+    # -- internal accessors, for the operations modules and testing ----------------
+    # Not part of the public API: they let census, lock, migrate-queue, the fleet
+    # and testing reach the app's reader and writer without its private attributes.
+
+    @property
+    def message_reader(self) -> Reader:
+        """The reader of this app's stored bytes (the legacy one when pickle is adopted)."""
+        return self._reader
+
+    @property
+    def message_writer(self) -> Writer:
+        """The writer of this app's envelopes."""
+        return self._writer
+
+    @property
+    def legacy_converter(self) -> LegacyConverter | None:
+        """The converter of legacy pickled messages, when ``legacy_pickle`` is on."""
+        return self._legacy
+
+    @property
+    def task_classes(self) -> Mapping[str, type[Task]]:
+        """Every task class registered with this app, by registry key (plain ones too)."""
+        return cast("Mapping[str, type[Task]]", self._registry._registry)
+
+    def plain_task(self, name: str) -> type[Task] | None:
+        """The plain ``@huey.task()`` registered under ``name``, if any."""
+        return self._plain_task(name)
+
     # -- dead letters ----------------------------------------------------------
 
     @property
@@ -681,10 +715,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The dead-letter store beside this app's storage (opened on first use)."""
         with self._dead_letters_lock:
             if self._dead_letters is None or self._dead_letters_storage is not self.storage:
-                backend = backend_for(self.storage)
+                adapter = adapter_for(self.storage)
+                backend = adapter.dead_letters()
                 self._dead_letters = DeadLetterStore(backend, self._replay)
                 self._dead_letters_storage = self.storage
-                self._atomic_sql = atomic_for(self.storage, backend)
+                self._atomic_sql = adapter.atomic_pops(backend)
             return self._dead_letters
 
     def census(self, *, progress: Callable[[str, int], None] | None = None) -> list[CensusRow]:
@@ -695,6 +730,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         what still needs each upcaster, rename and tombstone, see
         :func:`versioned_tasks.take_census`.
         """
+        # The census is an operation over the app, a layer above it: imported when used.
+        from ..ops.census import take_census
+
         return take_census(self, progress=progress).rows
 
     def _replay(self, raw: bytes) -> Requeue:
@@ -721,40 +759,6 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             return self._enqueued_result(task)
 
         return Requeue(None if self._immediate else data, task.priority, enqueued)
-
-    def _dead_letter(
-        self,
-        raw: bytes,
-        reason: str,
-        task: str | None,
-        version: int | None,
-        error: str,
-        *,
-        inflight: str | None = None,
-    ) -> None:
-        entry = self.dead_letters.add(
-            reason=reason, raw=raw, task=task, version=version, error=error, inflight=inflight
-        )
-        DeadLetterAction(reason, task, version, error).log(entry.id)
-
-    def _requeue(self, raw: bytes, priority: Any) -> None:
-        # Exact bytes back on the queue; a storage without priorities (plain
-        # Redis) refuses one, and the message matters more than its priority.
-        try:
-            self.storage.enqueue(raw, priority)
-        except NotImplementedError:
-            self.storage.enqueue(raw)
-
-    def _rescue(self, raw: bytes) -> None:
-        # The dead-letter write failed: put the bytes back on the queue, and if
-        # even that fails, log them so they can be recovered by hand.
-        try:
-            self.storage.enqueue(raw)
-        except Exception:
-            logger.critical(
-                "Could not dead-letter or requeue a message; its bytes (base64): %s",
-                base64.b64encode(raw).decode("ascii"),
-            )
 
     # -- writing ---------------------------------------------------------------
 
@@ -826,9 +830,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             # worker: raising here would lose it, so it is kept as a dead letter.
             kept = self._unwritable(task, exc)
             try:
-                self._dead_letter(kept.raw, kept.reason, kept.task, kept.version, kept.error)
+                self._dispatch.dead_letter(
+                    kept.raw, kept.reason, kept.task, kept.version, kept.error
+                )
             except Exception:
-                self._rescue(kept.raw)
+                self._dispatch.rescue(kept.raw)
                 raise
             return None
 
@@ -843,7 +849,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             raw = self._writer.encode(task, validate=False)
         except EncodeError as again:
             return self._beyond_limits(task, where, again)
-        reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
+        reason: Reason = "upcast_failed" if is_upcast_error(exc) else "invalid_payload"
         error = (
             f"{where} with arguments that do not fit: {error_detail(exc)}. Fix the task's "
             f"signature or the caller, then replay."
@@ -998,7 +1004,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return DecodeError(text)
 
     def _dead_letter_revoked(self, task: Task, error: DecodeError) -> None:
-        reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
+        reason: Reason = "bad_signature" if isinstance(error, SignatureError) else "undecodable"
         name, version = _task_identity(task)
         raw = dequeued_bytes(task)
         slot = _in_flight(task)
@@ -1008,10 +1014,12 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             key, dequeued = slot.key, raw
 
             def dead_letter() -> None:
-                self._dead_letter(dequeued, reason, name, version, str(error), inflight=key)
+                self._dispatch.dead_letter(
+                    dequeued, reason, name, version, str(error), inflight=key
+                )
 
             with contextlib.suppress(Exception):
-                self._settle(slot, dequeued, dead_letter)
+                self._dispatch.settle(slot, dequeued, dead_letter)
             return
         if raw is None:
             # Not dequeued by this app (a task handed to execute() directly):
@@ -1019,9 +1027,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             # closest there is to what was enqueued.
             raw = self._writer.encode(task, validate=False)
         try:
-            self._dead_letter(raw, reason, name, version, str(error))
+            self._dispatch.dead_letter(raw, reason, name, version, str(error))
         except Exception:
-            self._rescue(raw)
+            self._dispatch.rescue(raw)
             raise
 
     # -- reading ---------------------------------------------------------------
@@ -1041,170 +1049,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def _has_handler(self, retired: Retired) -> bool:
         return self.schema.tombstones[retired.tombstone].handler is not None
 
-    def dequeue(self) -> Task | None:
-        """Pop the next runnable task; bad messages are dead-lettered on the way.
-
-        Never raises for a bad message, and moves straight on to the next one.
-        On SQLite and PostgreSQL the pop and the dead-letter write share one
-        transaction; with reliable fetch, the dead-letter write and the removal
-        from the worker's in-flight list do. On a plain Redis list, a dead
-        letter and the next pop travel in one round trip.
-        """
-        self._ensure_checked()
-        if self._atomic is not None:
-            return self._atomic.dequeue(self._decide, self._act, self._rescue)
-        slot = self.inflight.slot() if self.inflight is not None else None
-        if slot is not None:
-            return self._dequeue_reliably(slot)
-        raw = self.storage.dequeue()
-        while raw is not None:
-            try:
-                decision = self._decide(raw, from_schedule=False)
-                if isinstance(decision, Task):
-                    return remember_dequeued(decision, raw)
-                popped = self._settle_then_pop(raw, decision)
-            except Exception:
-                # The dead-letter or schedule write failed: keep the bytes.
-                self._rescue(raw)
-                raise
-            raw = popped if popped is not None else self.storage.dequeue()
-        return None
-
-    def _settle_then_pop(self, raw: bytes, action: _Action) -> bytes | None:
-        """Carry out ``action``; for a dead letter on a plain Redis list, also pop
-        the next message in the same round trip (None: nothing popped yet)."""
-        store = self.dead_letters
-        if not (isinstance(action, DeadLetterAction) and store.pops_with_writes):
-            self._act(raw, action)
-            return None
-        entry, popped, failed = store.add_then_pop(
-            reason=action.reason,
-            raw=raw,
-            error=action.error,
-            task=action.task,
-            version=action.version,
-        )
-        if failed is not None:
-            if popped is not None:
-                self._rescue(popped)  # popped in the same round trip: back it goes
-            raise failed
-        action.log(entry.id)
-        return popped
-
-    def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
-        """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
-        self._ensure_checked()
-        if timestamp is None:
-            timestamp = self._get_timestamp()
-        if self._atomic is not None:
-            return self._atomic.read_schedule(timestamp, self._decide)
-        tasks = []
-        for raw in self.storage.read_schedule(timestamp):
-            try:
-                decision = self._decide(raw, from_schedule=True)
-                if isinstance(decision, Task):
-                    tasks.append(decision)
-                else:
-                    self._act(raw, decision)
-            except Exception:
-                # The storage already removed the whole batch: keep these bytes
-                # and go on, rather than lose the tasks that are fine.
-                logger.exception("Could not dead-letter or defer a scheduled message.")
-                self._rescue(raw)
-        return tasks
-
     # -- reliable fetch ----------------------------------------------------------
-
-    def _dequeue_reliably(self, slot: Slot) -> Task | None:
-        """Move the next message into the worker's in-flight list; settle the bad ones.
-
-        Settlements still owed from a failed attempt are made first: a worker
-        that cannot settle takes no new message.
-        """
-        assert self.inflight is not None
-        self.settle_owed(slot)
-        raw = self.inflight.pop(slot)
-        while raw is not None:
-            try:
-                decision = self._decide(raw, from_schedule=False)
-            except Exception:
-                self._settle(slot, raw, self._requeue_settle(slot, raw))
-                raise
-            if isinstance(decision, Task):
-                decision.__dict__["_vt_slot"] = slot
-                return remember_dequeued(decision, raw)
-            popped = None
-            if isinstance(decision, HandlerAction):
-                failed = self._call_handler(decision.retired)
-                if failed is None:
-                    slot.ran.append(raw)
-                else:
-                    self._settle(slot, raw, self._action_settle(slot, raw, failed))
-            elif isinstance(decision, DeadLetterAction) and self._pops_with_write(slot):
-                popped = self._dead_letter_then_pop(slot, raw, decision)
-            else:
-                self._settle(slot, raw, self._action_settle(slot, raw, decision))
-            raw = popped if popped is not None else self.inflight.pop(slot)
-        return None
-
-    def _pops_with_write(self, slot: Slot) -> bool:
-        # Only with nothing else owed: those ride on the ordinary pop.
-        return not (slot.ran or slot.pending or slot.dirty) and self.dead_letters.pops_with_writes
-
-    def _dead_letter_then_pop(
-        self, slot: Slot, raw: bytes, action: DeadLetterAction
-    ) -> bytes | None:
-        """Dead-letter ``raw`` (leaving the in-flight list) and move the next
-        message into the list, in one round trip."""
-        try:
-            entry, popped, failed = self.dead_letters.add_then_pop(
-                reason=action.reason,
-                raw=raw,
-                error=action.error,
-                task=action.task,
-                version=action.version,
-                inflight=slot.key,
-            )
-        except Exception:
-            slot.dirty = True  # the next pop puts back what the list still holds
-            raise
-        if failed is not None:
-            # Not written: the bytes are still in the list, and so is what was
-            # popped with them; the next pop puts both back on the queue.
-            slot.dirty = True
-            raise failed
-        action.log(entry.id)
-        return popped
-
-    def settle_owed(self, slot: Slot) -> None:
-        """Make the settlements this worker still owes; raises while Redis is unreachable.
-
-        A settlement whose bytes already left the list was made by the attempt
-        that seemed to fail (its reply was lost) and is not made again.
-        """
-        assert self.inflight is not None
-        while slot.pending:
-            raw, settle = slot.pending[0]
-            if self.inflight.holds(slot.key, raw):
-                settle()
-            slot.pending.pop(0)
-            logger.info("Settled an in-flight message of %s on a later attempt.", slot.key)
-
-    def _settle(self, slot: Slot, raw: bytes, settle: Callable[[], None]) -> None:
-        # A settlement that fails is owed: the bytes stay in the list (nothing
-        # is lost) and the worker makes it before its next pop.
-        try:
-            settle()
-        except Exception:
-            slot.pending.append((raw, settle))
-            logger.warning(
-                "Could not settle a message in %s; it stays there and is settled before "
-                "this worker's next pop (if this consumer stops first, it runs again "
-                "after recovery).",
-                slot.key,
-                exc_info=True,
-            )
-            raise
 
     def _settle_ran(self, task: Task) -> None:
         """The task's outcome is stored (or it cannot run): its message leaves the
@@ -1223,41 +1068,21 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         assert self.inflight is not None
         inflight, key = self.inflight, slot.key
         with contextlib.suppress(Exception):
-            self._settle(slot, raw, lambda: inflight.remove(key, raw, write))
+            self._dispatch.settle(slot, raw, lambda: inflight.remove(key, raw, write))
 
-    def _requeue_settle(self, slot: Slot, raw: bytes) -> Callable[[], None]:
-        assert self.inflight is not None
-        inflight, queue = self.inflight, self.storage.queue_key
-        # A plain Redis queue has no priorities: exact bytes, front of the line.
-        return lambda: inflight.remove(slot.key, raw, lambda pipe: pipe.lpush(queue, raw))
+    def dequeue(self) -> Task | None:
+        """Pop the next runnable task; bad messages are dead-lettered on the way
+        (see :class:`versioned_tasks.app.dispatch.Dispatcher`). Never raises for a
+        bad message."""
+        return self._dispatch.dequeue()
 
-    def _action_settle(
-        self, slot: Slot, raw: bytes, action: DeadLetterAction | DeferAction | RequeueAction
-    ) -> Callable[[], None]:
-        """The action's write and the removal from the in-flight list, as one."""
-        assert self.inflight is not None
-        inflight, storage = self.inflight, self.storage
-        if isinstance(action, DeadLetterAction):
-            dead = action
+    def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
+        """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
+        return self._dispatch.read_schedule(timestamp)
 
-            def dead_letter() -> None:
-                self._dead_letter(
-                    raw, dead.reason, dead.task, dead.version, dead.error, inflight=slot.key
-                )
-
-            return dead_letter
-        if isinstance(action, DeferAction):
-            defer, score = action, storage.convert_ts(action.eta)
-
-            def schedule() -> None:
-                inflight.remove(
-                    slot.key, raw, lambda pipe: pipe.zadd(storage.schedule_key, {raw: score})
-                )
-                defer.log()
-                defer.done()
-
-            return schedule
-        return self._requeue_settle(slot, raw)
+    def settle_owed(self, slot: Slot) -> None:
+        """Make the settlements this worker still owes; raises while Redis is unreachable."""
+        self._dispatch.settle_owed(slot)
 
     @property
     def _atomic(self) -> AtomicSql | None:
@@ -1274,78 +1099,6 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             if isinstance(outcome, Task):
                 tasks.append(outcome)
         return tasks
-
-    def _decide(self, raw: bytes, *, from_schedule: bool) -> Task | _Action:
-        """What to do with one stored message: run it, or one of the actions."""
-        outcome = self._reader.read(raw)
-        if isinstance(outcome, Task):
-            return outcome
-        if isinstance(outcome, Newer):
-            return self._decide_newer(outcome, from_schedule)
-        if isinstance(outcome, Retired):
-            return self._decide_retired(outcome, from_schedule)
-        return DeadLetterAction(outcome.reason, outcome.task, outcome.version, outcome.error)
-
-    def _decide_newer(self, newer: Newer, from_schedule: bool) -> _Action:
-        # The policy of the message's own task (after renames), else the app's.
-        spec = self.schema.specs.get(self.schema.resolve(newer.task))
-        return self._newer.decide(
-            newer,
-            spec,
-            self._get_timestamp(),
-            self._deferred,
-            from_schedule=from_schedule,
-            hand_offs=self._hand_offs,
-        )
-
-    def _decide_retired(self, retired: Retired, from_schedule: bool) -> _Action:
-        message = retired.message
-        if not self._has_handler(retired):
-            return DeadLetterAction(
-                "retired",
-                message.task,
-                message.version,
-                f"Task {message.task!r} is retired (tombstoned) and has no handler.",
-            )
-        if from_schedule:
-            # The worker, not the scheduler, runs tombstone handlers.
-            return RequeueAction(retired.priority)
-        return HandlerAction(retired)
-
-    def _act(self, raw: bytes, action: _Action) -> None:
-        """Carry out an action with the storage's ordinary operations."""
-        if isinstance(action, DeadLetterAction):
-            self._dead_letter(raw, action.reason, action.task, action.version, action.error)
-        elif isinstance(action, DeferAction):
-            self.storage.add_to_schedule(raw, action.eta)
-            action.log()
-            action.done()
-        elif isinstance(action, RequeueAction):
-            self._requeue(raw, action.priority)
-        elif isinstance(action, HandlerAction):
-            self._run_handler(raw, action.retired)
-
-    def _run_handler(self, raw: bytes, retired: Retired) -> None:
-        failed = self._call_handler(retired)
-        if failed is not None:
-            self._dead_letter(raw, failed.reason, failed.task, failed.version, failed.error)
-
-    def _call_handler(self, retired: Retired) -> DeadLetterAction | None:
-        """Run the tombstone handler; the dead letter to write if it raised."""
-        handler = self.schema.tombstones[retired.tombstone].handler
-        assert handler is not None
-        message = retired.message
-        try:
-            handler(message)
-        except Exception as exc:
-            logger.exception("Tombstone handler for %r failed.", retired.tombstone)
-            return DeadLetterAction(
-                "retired",
-                message.task,
-                message.version,
-                f"Tombstone handler for {retired.tombstone!r} raised {type(exc).__name__}: {exc}",
-            )
-        return None
 
     def _plain_task(self, name: str) -> type[Task] | None:
         task_class = self._registry._registry.get(name)
@@ -1468,22 +1221,6 @@ def _in_flight(task: Task) -> Slot | None:
     """The in-flight list holding the message ``task`` was dequeued from, until settled."""
     slot: Slot | None = task.__dict__.get("_vt_slot")
     return slot
-
-
-def remember_dequeued(task: Task, raw: bytes) -> Task:
-    """Keep on ``task`` the exact bytes it was dequeued from (see :func:`dequeued_bytes`)."""
-    task.__dict__["_vt_dequeued"] = raw
-    return task
-
-
-def dequeued_bytes(task: Task) -> bytes | None:
-    """The exact bytes ``task`` was dequeued from in this worker, or None.
-
-    A task that fails after the pop (an unreadable revocation record, say) is
-    dead-lettered with these bytes rather than with a re-encoding of itself.
-    """
-    raw: bytes | None = task.__dict__.get("_vt_dequeued")
-    return raw
 
 
 def _plain_name(task: Task) -> str:

@@ -36,14 +36,14 @@ from typing import Any, Final, TypeAlias
 
 import orjson
 
-from . import _codec
-from .exceptions import (
+from ..exceptions import (
     ConfigurationError,
     DecodeError,
     EncodeError,
     EnvelopeTooLarge,
     SignatureError,
 )
+from . import values as _codec
 
 __all__ = [
     "DEFAULT_MAX_DEPTH",
@@ -51,10 +51,15 @@ __all__ = [
     "FORMAT",
     "KIND_TASK",
     "KIND_VALUE",
+    "MAC_LEN",
     "MAGIC",
     "MAX_DEPTH_CEILING",
+    "MAX_KEY_ID_LEN",
+    "MAX_VERSION",
     "MIN_SECRET_BYTES",
+    "PREFIX",
     "SIGNED_MAGIC",
+    "SIGNED_PREFIX",
     "VALUE_HEADER",
     "Keyring",
     "codec",
@@ -67,14 +72,19 @@ __all__ = [
 
 MAGIC: Final = b"VTE"
 FORMAT: Final = b"1"
-_PREFIX: Final = MAGIC + FORMAT
-_PREFIX_LEN: Final = len(_PREFIX)
+#: What every unsigned envelope starts with: ``VTE1``.
+PREFIX: Final = MAGIC + FORMAT
+_PREFIX_LEN: Final = len(PREFIX)
 
 SIGNED_MAGIC: Final = b"VTS"
-_SIGNED_PREFIX: Final = SIGNED_MAGIC + FORMAT
-_MAC_LEN: Final = 64  # SHA-256 in lowercase hex
+#: What every signed message starts with: ``VTS1``, then the key id and ``:``.
+SIGNED_PREFIX: Final = SIGNED_MAGIC + FORMAT
+MAC_LEN: Final = 64  # SHA-256 in lowercase hex
 _KEY_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,32}")
-_MAX_KEY_ID_LEN: Final = 32
+MAX_KEY_ID_LEN: Final = 32
+#: The largest task version a header, a declaration or a lock may carry (a
+#: 32-bit signed integer, what every consumer of the format can hold).
+MAX_VERSION: Final = 2**31 - 1
 
 #: Shortest secret accepted: the SHA-256 output size (RFC 2104 section 3).
 MIN_SECRET_BYTES: Final = 32
@@ -113,7 +123,7 @@ class _Key:
 
     def __init__(self, key_id: str, secret: bytes) -> None:
         self.id = key_id
-        self.prefix = _SIGNED_PREFIX + key_id.encode("ascii") + b":"
+        self.prefix = SIGNED_PREFIX + key_id.encode("ascii") + b":"
         block = hashlib.sha256(secret).digest() if len(secret) > 64 else secret
         block = block.ljust(64, b"\0")
         inner = hashlib.sha256(block.translate(_IPAD))
@@ -161,7 +171,7 @@ class Keyring:
         self.keys: dict[bytes, _Key] = {}
         for key_id, secret in secret_keys.items():
             key = _Key(_checked_key_id(key_id), _checked_secret(key_id, secret))
-            self.keys[key.prefix[len(_SIGNED_PREFIX) : -1]] = key
+            self.keys[key.prefix[len(SIGNED_PREFIX) : -1]] = key
         self.signing = self.keys[_signing_id(list(secret_keys), signing_key).encode("ascii")]
 
     @property
@@ -186,16 +196,16 @@ class Keyring:
                 "Signed message with a malformed prefix (no key id followed by ':'): "
                 "truncated or altered; it was not run."
             )
-        key = self.keys.get(raw[len(_SIGNED_PREFIX) : colon])
+        key = self.keys.get(raw[len(SIGNED_PREFIX) : colon])
         if key is None:
-            shown = raw[len(_SIGNED_PREFIX) : colon].decode("ascii", "backslashreplace")
+            shown = raw[len(SIGNED_PREFIX) : colon].decode("ascii", "backslashreplace")
             raise SignatureError(
                 f"Message signed with key id {shown!r}, which this reader does not list "
                 f"(it knows {', '.join(repr(k) for k in self.key_ids)}); it was not run. If "
                 f"the key is genuine, add it to secret_keys and replay the dead letter.",
                 key_id=shown,
             )
-        start = colon + 1 + _MAC_LEN
+        start = colon + 1 + MAC_LEN
         envelope = raw[start:]
         if not hmac.compare_digest(key.mac(envelope), raw[colon + 1 : start]):
             raise SignatureError(
@@ -208,14 +218,14 @@ class Keyring:
 
 def _key_id_end(raw: bytes) -> int:
     """Where the key id of a ``VTS1`` message ends (its ``:``), or -1."""
-    return raw.find(b":", len(_SIGNED_PREFIX), len(_SIGNED_PREFIX) + _MAX_KEY_ID_LEN + 1)
+    return raw.find(b":", len(SIGNED_PREFIX), len(SIGNED_PREFIX) + MAX_KEY_ID_LEN + 1)
 
 
 def signed_content(raw: bytes) -> bytes | None:
     """The envelope a ``VTS1`` message carries, its signature NOT checked (for
     display only), or None when ``raw`` is not a well-formed signed message."""
-    colon = _key_id_end(raw) if raw.startswith(_SIGNED_PREFIX) else -1
-    return raw[colon + 1 + _MAC_LEN :] if colon > 0 else None
+    colon = _key_id_end(raw) if raw.startswith(SIGNED_PREFIX) else -1
+    return raw[colon + 1 + MAC_LEN :] if colon > 0 else None
 
 
 def _checked_key_id(key_id: Any) -> str:
@@ -422,7 +432,7 @@ def _framer(max_size: int, max_depth: int) -> Frame:
 
     def frame(header: bytes, body: bytes) -> bytes:
         """Frame header JSON bytes and body JSON bytes into envelope bytes."""
-        out = b"%s%s\n%s" % (_PREFIX, header, body)
+        out = b"%s%s\n%s" % (PREFIX, header, body)
         if len(out) > watch:
             _check_written(out, header, body, max_size, max_depth)
         return out
@@ -433,12 +443,12 @@ def _framer(max_size: int, max_depth: int) -> Frame:
 def _signing_framer(max_size: int, max_depth: int, keyring: Keyring) -> Frame:
     prefix, mac = keyring.signing.prefix, keyring.signing.mac
     # The signature adds a fixed number of bytes in front of the envelope.
-    watch = _watch(max_size - len(prefix) - _MAC_LEN, max_depth)
+    watch = _watch(max_size - len(prefix) - MAC_LEN, max_depth)
     join = b"".join
 
     def frame(header: bytes, body: bytes) -> bytes:
         """Frame header JSON bytes and body JSON bytes into signed envelope bytes."""
-        envelope = b"%s%s\n%s" % (_PREFIX, header, body)
+        envelope = b"%s%s\n%s" % (PREFIX, header, body)
         out = join((prefix, mac(envelope), envelope))
         if len(envelope) > watch:
             _check_written(out, header, body, max_size, max_depth)
@@ -457,7 +467,7 @@ def _unpacker(max_size: int) -> Unpack:
         """
         if type(raw) is not bytes:
             raw = bytes(raw)
-        if raw[:_PREFIX_LEN] != _PREFIX:
+        if raw[:_PREFIX_LEN] != PREFIX:
             raise _foreign(raw)
         # Depth is left to the parsers, which refuse what nests deeper than they
         # read (orjson 1024 levels, pydantic 200): a scan here would cost every
@@ -482,7 +492,7 @@ def _unpacker(max_size: int) -> Unpack:
 def _verifier(envelope: Unpack, max_size: int, keyring: Keyring, accept_unsigned: bool) -> Unpack:
     macs = {key_id: key.mac for key_id, key in keyring.keys.items()}
     compare = hmac.compare_digest
-    after_id = len(_SIGNED_PREFIX) + _MAX_KEY_ID_LEN + 1
+    after_id = len(SIGNED_PREFIX) + MAX_KEY_ID_LEN + 1
 
     def unpack(raw: bytes) -> tuple[dict[str, Any], bytes]:
         """Check the signature, then split the envelope into its header and body bytes.
@@ -495,11 +505,11 @@ def _verifier(envelope: Unpack, max_size: int, keyring: Keyring, accept_unsigned
             raw = bytes(raw)
         # The hot path, inline: a well-formed message signed with a listed key.
         # Everything else goes to refuse(), which names what is wrong.
-        if raw[:_PREFIX_LEN] == _SIGNED_PREFIX and len(raw) <= max_size:
+        if raw[:_PREFIX_LEN] == SIGNED_PREFIX and len(raw) <= max_size:
             colon = raw.find(b":", _PREFIX_LEN, after_id)
             mac = macs.get(raw[_PREFIX_LEN:colon]) if colon > 0 else None
             if mac is not None:
-                start = colon + 1 + _MAC_LEN
+                start = colon + 1 + MAC_LEN
                 signed = raw[start:]
                 if compare(mac(signed), raw[colon + 1 : start]):
                     try:
@@ -513,13 +523,13 @@ def _verifier(envelope: Unpack, max_size: int, keyring: Keyring, accept_unsigned
 
     def refuse(raw: bytes) -> tuple[dict[str, Any], bytes]:
         prefix = raw[:_PREFIX_LEN]
-        if prefix == _SIGNED_PREFIX:
+        if prefix == SIGNED_PREFIX:
             if len(raw) > max_size:  # refused before a MAC is spent on it
                 raise _size_error(len(raw), max_size)
             # verify() raises: every good signature took the path above.
             signed = keyring.verify(raw)
             raise DecodeError(f"Signed message, but {_describe_foreign(signed)}")
-        if prefix != _PREFIX:
+        if prefix != PREFIX:
             raise DecodeError(_describe_foreign(raw))
         if accept_unsigned:
             return envelope(raw)
@@ -534,9 +544,9 @@ def _verifier(envelope: Unpack, max_size: int, keyring: Keyring, accept_unsigned
 
 def _foreign(raw: bytes) -> DecodeError:
     """The error for bytes that are not an unsigned envelope, read without keys."""
-    if raw[: len(_SIGNED_PREFIX)] == _SIGNED_PREFIX:
+    if raw[: len(SIGNED_PREFIX)] == SIGNED_PREFIX:
         colon = _key_id_end(raw)
-        named = raw[len(_SIGNED_PREFIX) : colon].decode("ascii", "replace") if colon > 0 else None
+        named = raw[len(SIGNED_PREFIX) : colon].decode("ascii", "replace") if colon > 0 else None
         return SignatureError(
             f"Signed envelope{f' (key id {named!r})' if named else ''}, but this reader has "
             f"no secret_keys; it was not run. Configure the producers' secret_keys on it "

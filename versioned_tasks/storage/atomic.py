@@ -31,10 +31,10 @@ from typing import Any
 from huey.api import Task
 from huey.storage import PostgresStorage, SqliteStorage
 
-from ._actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
-from ._deadletters import PostgresBackend, SqliteBackend
+from ..messages.actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
+from .deadletters import PostgresBackend, SqliteBackend
 
-__all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite", "atomic_for"]
+__all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite"]
 
 logger = logging.getLogger("versioned_tasks")
 
@@ -45,15 +45,6 @@ _Decided = tuple[int, bytes, "Task | Action"]
 
 #: How many rows a worker reads at once after a head that could not run.
 _AHEAD = 64
-
-
-def atomic_for(storage: Any, backend: Any) -> AtomicSql | None:
-    """The atomic pops for a storage whose dead letters share its database, else None."""
-    if isinstance(backend, SqliteBackend):
-        return AtomicSqlite(storage, backend)
-    if isinstance(backend, PostgresBackend):
-        return AtomicPostgres(storage, backend)
-    return None
 
 
 class AtomicSql:
@@ -173,7 +164,7 @@ class AtomicSql:
             if not took:
                 continue  # another worker took it first
             if isinstance(decision, Task):
-                decision.__dict__["_vt_dequeued"] = raw  # see _huey.dequeued_bytes
+                decision.__dict__["_vt_dequeued"] = raw  # see app.dispatch.dequeued_bytes
                 return decision
             if isinstance(decision, HandlerAction):
                 self._run_handler(raw, decision, act, rescue)

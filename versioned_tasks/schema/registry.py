@@ -29,8 +29,9 @@ from pydantic import (
 from pydantic_core import CoreConfig, PydanticSerializationError, SchemaSerializer, SchemaValidator
 from typing_extensions import TypedDict
 
-from ._codec import exception_field
-from .exceptions import EncodeError, InvalidArguments, SchemaError
+from ..exceptions import EncodeError, InvalidArguments, SchemaError
+from ..wire.envelope import MAX_VERSION
+from ..wire.values import exception_field
 
 __all__ = [
     "NEWER_VERSION_POLICIES",
@@ -340,6 +341,12 @@ def build_spec(
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise SchemaError(
             f"Task {name!r} declares version {version!r}; versions are integers starting at 1.",
+            task=name,
+        )
+    if version > MAX_VERSION:
+        raise SchemaError(
+            f"Task {name!r} declares version {version}, above the largest version a message "
+            f"can carry ({MAX_VERSION}, 2**31 - 1); number its versions 1, 2, 3, ...",
             task=name,
         )
     if args_model is not None and context and "task" not in inspect.signature(func).parameters:
@@ -807,167 +814,6 @@ class SchemaRegistry:
         return problems
 
     # -- whole-registry check ------------------------------------------------
-
-    def check(self, plain_tasks: Iterable[str] = ()) -> None:
-        """Check every declaration against the others.
-
-        Raises:
-            SchemaError: listing every problem with its fix.
-        """
-        known = set(self.specs) | set(plain_tasks)
-        problems = [
-            *self._check_upcasters(),
-            *self._check_downcasters(),
-            *self._check_renames(known),
-            *self._check_tombstones(known),
-        ]
-        if problems:
-            first_task = problems[0][0]
-            text = "\n".join(f"- {message}" for _, message in problems)
-            raise SchemaError(f"{len(problems)} schema problem(s):\n{text}", task=first_task)
-        self.dirty = False
-
-    def _check_upcasters(self) -> Iterable[tuple[str, str]]:
-        for task, steps in sorted(self.upcasters.items()):
-            spec = self.specs.get(task)
-            if spec is None:
-                yield (
-                    task,
-                    (
-                        f"Upcasters for {task!r} (from versions {sorted(steps)}) name a task "
-                        f"that is not declared; declare it with "
-                        f"@huey.versioned_task(version=N, name={task!r}) or remove them."
-                    ),
-                )
-                continue
-            yield from _check_chain(spec, steps)
-
-    def _check_downcasters(self) -> Iterable[tuple[str, str]]:
-        for task, steps in sorted(self.downcasters.items()):
-            spec = self.specs.get(task)
-            if spec is None:
-                yield (
-                    task,
-                    (
-                        f"Downcasters for {task!r} (from versions {sorted(steps)}) name a "
-                        f"task that is not declared; declare it with "
-                        f"@huey.versioned_task(version=N, name={task!r}) or remove them."
-                    ),
-                )
-                continue
-            yield from _check_down_chain(spec, steps)
-        for task, pinned in sorted(self.emit_versions.items()):
-            spec = self.specs.get(task)
-            steps = self.downcasters.get(task, {})
-            gaps = _down_gaps(spec.version, steps) if spec is not None else []
-            for message in self.pin_problems(task, pinned, skip=gaps):
-                yield task, message
-
-    def _check_renames(self, known: set[str]) -> Iterable[tuple[str, str]]:
-        for old, new in sorted(self.renames.items()):
-            if old in known:
-                yield (
-                    old,
-                    (
-                        f"rename({old!r}, {new!r}): {old!r} is still declared as a task; "
-                        f"remove that declaration or the rename."
-                    ),
-                )
-            target = self._final_target(old)
-            if target is None:
-                yield old, f"rename({old!r}, {new!r}) is part of a rename cycle; break it."
-            elif target not in known and target not in self.tombstones:
-                yield (
-                    old,
-                    (
-                        f"rename({old!r}, {new!r}): {target!r} is not a declared task; "
-                        f"declare it, or tombstone it if it was retired."
-                    ),
-                )
-
-    def _final_target(self, name: str) -> str | None:
-        seen = {name}
-        while name in self.renames:
-            name = self.renames[name]
-            if name in seen:
-                return None
-            seen.add(name)
-        return name
-
-    def _check_tombstones(self, known: set[str]) -> Iterable[tuple[str, str]]:
-        for task in sorted(self.tombstones):
-            if task in known:
-                yield (
-                    task,
-                    (
-                        f"tombstone({task!r}): the task is still declared; remove the "
-                        f"declaration (the tombstone replaces it) or the tombstone."
-                    ),
-                )
-            if task in self.renames:
-                yield (
-                    task,
-                    (
-                        f"tombstone({task!r}): the name is also renamed to "
-                        f"{self.renames[task]!r}; keep one."
-                    ),
-                )
-
-
-def _check_chain(spec: TaskSpec, steps: dict[int, Upcaster]) -> Iterable[tuple[str, str]]:
-    current = spec.version
-    for version in sorted(v for v in steps if v >= current):
-        yield (
-            spec.name,
-            (
-                f"Task {spec.name!r}: upcaster from version {version} to {version + 1} goes "
-                f"past the current version {current}; raise the task's version to "
-                f"{version + 1} or remove the upcaster."
-            ),
-        )
-    below = [v for v in steps if v < current]
-    if not below:
-        return
-    for version in range(min(below), current):
-        if version not in steps:
-            yield (
-                spec.name,
-                (
-                    f"Task {spec.name!r} has no upcaster from version {version} to "
-                    f"{version + 1} (the chain must reach the current version {current}); "
-                    f"register one with @huey.upcaster({spec.name!r}, from_version={version})."
-                ),
-            )
-
-
-def _check_down_chain(spec: TaskSpec, steps: dict[int, Downcaster]) -> Iterable[tuple[str, str]]:
-    current = spec.version
-    for version in sorted(v for v in steps if v > current):
-        yield (
-            spec.name,
-            (
-                f"Task {spec.name!r}: downcaster from version {version} to {version - 1} "
-                f"starts above the current version {current}; remove it, or raise the "
-                f"task's version to {version}."
-            ),
-        )
-    for version in _down_gaps(current, steps):
-        yield (
-            spec.name,
-            (
-                f"Task {spec.name!r} has no downcaster from version {version} to "
-                f"{version - 1} (the chain must start at the current version {current}); "
-                f"register one with @huey.downcaster({spec.name!r}, from_version={version})."
-            ),
-        )
-
-
-def _down_gaps(current: int, steps: Mapping[int, Downcaster]) -> list[int]:
-    """The missing steps between the lowest downcaster and the current version."""
-    below = [v for v in steps if v <= current]
-    if not below:
-        return []
-    return [v for v in range(current, min(below), -1) if v not in steps]
 
 
 def _describe(func: Callable[..., Any]) -> str:

@@ -44,14 +44,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from . import _census, _demo, _envelope, _fleet, _legacy, _lock
-from ._apps import import_app
-from ._deadletters import DeadLetter
-from ._huey import VersionedHuey
-from ._pipeline import REASONS
-from ._serializer import VersionedSerializer
-from ._version import __version__
-from .exceptions import (
+from .._version import __version__
+from ..app import fleet as _fleet
+from ..app.huey import VersionedHuey
+from ..app.loader import import_app
+from ..app.serializer import VersionedSerializer
+from ..exceptions import (
     ConfigurationError,
     DeadLetterNotFound,
     DecodeError,
@@ -59,6 +57,14 @@ from .exceptions import (
     ReplayFailed,
     VersionedTaskError,
 )
+from ..messages import legacy as _legacy
+from ..messages.readwrite import REASONS
+from ..ops import census as _census
+from ..ops import lock as _lock
+from ..ops import migrate_queue as _migrate_queue
+from ..storage.deadletters import DeadLetter
+from ..wire import envelope as _envelope
+from . import demo as _demo
 
 __all__ = ["main"]
 
@@ -534,7 +540,11 @@ def migrate_queue_command(app_path: str, dry_run: bool, unpickle: bool) -> None:
     --dry-run, would be) dead-lettered.
     """
     app = load_app(app_path)
-    converter = app._legacy or (_legacy.build_converter(app, True) if unpickle else None)
+    converter = app.legacy_converter or (
+        _legacy.build_converter(True, app.schema, app.task_classes, app.message_writer)
+        if unpickle
+        else None
+    )
     if converter is None:
         raise CannotRun(
             f"migrate-queue unpickles the legacy messages of {app.name!r}, which runs code "
@@ -542,7 +552,7 @@ def migrate_queue_command(app_path: str, dry_run: bool, unpickle: bool) -> None:
             f"--legacy-pickle."
         )
     app.check_schemas()
-    report = _legacy.migrate(app, converter, dry_run=dry_run)
+    report = _migrate_queue.migrate(app, converter, dry_run=dry_run)
     console = _console()
     for line in _migration_lines(app.name, report):
         _line(console, line)
@@ -550,7 +560,7 @@ def migrate_queue_command(app_path: str, dry_run: bool, unpickle: bool) -> None:
         sys.exit(EXIT_PROBLEMS)
 
 
-def _migration_lines(name: str, report: _legacy.MigrationReport) -> list[str]:
+def _migration_lines(name: str, report: _migrate_queue.MigrationReport) -> list[str]:
     lines = [
         _tally_line(f"Queue {name!r}", report.queue, report.dry_run),
         _tally_line(f"Schedule {name!r}", report.schedule, report.dry_run),
@@ -583,7 +593,7 @@ def _migration_lines(name: str, report: _legacy.MigrationReport) -> list[str]:
     return lines
 
 
-def _tally_line(area: str, tally: _legacy.Tally, dry_run: bool) -> str:
+def _tally_line(area: str, tally: _migrate_queue.Tally, dry_run: bool) -> str:
     if dry_run:
         return (
             f"{area}: {tally.converted} to convert, {tally.envelopes} already envelopes, "

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ._pipeline import Newer, Retired
+from .readwrite import Newer, Retired
+from .reasons import Reason
 
 __all__ = [
     "SIGNAL_DEFERRED",
@@ -36,7 +37,7 @@ logger = logging.getLogger("versioned_tasks")
 class DeadLetterAction:
     """Keep the exact bytes in the dead-letter store."""
 
-    reason: str
+    reason: Reason
     task: str | None
     version: int | None
     error: str

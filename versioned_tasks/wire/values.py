@@ -37,7 +37,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from .exceptions import DecodeError, EncodeError
+from ..exceptions import DecodeError, EncodeError
 
 __all__ = ["RemoteException", "decode", "encode", "register_model"]
 
@@ -118,9 +118,7 @@ def _encode_other(value: Any, path: str) -> Any:
     if isinstance(value, Error):
         return {"$error": encode(_short_error(value.metadata), f"{path}.metadata")}
     if isinstance(value, Message):  # a namedtuple: before the tuple case
-        from ._pipeline import message_object
-
-        return {"$message": message_object(value, path)}
+        return {"$message": _encode_message(value, path)}
     if isinstance(value, tuple):
         return {"$tuple": [encode(item, f"{path}[{i}]") for i, item in enumerate(value)]}
     if isinstance(value, list):
@@ -420,10 +418,31 @@ def _decode_model(payload: Any) -> Any:
         ) from None
 
 
-def _decode_message(payload: Any) -> Message:
-    from ._pipeline import message_from_object
+# The ``$message`` tag: a Huey Message stored inside a value (a pipeline's next
+# step, a chord's callback). Its object form is the message layer's business; that
+# layer registers it here, so this module never imports upward.
+_MESSAGE_CODEC: list[tuple[Callable[[Message, str], Any], Callable[[Any], Message]]] = []
 
-    return message_from_object(payload)
+
+def register_message_codec(
+    to_object: Callable[[Message, str], Any], from_object: Callable[[Any], Message]
+) -> None:
+    """Set how a Huey ``Message`` inside a value is written and read (the ``$message`` tag)."""
+    _MESSAGE_CODEC[:] = [(to_object, from_object)]
+
+
+def _encode_message(message: Message, path: str) -> Any:
+    if not _MESSAGE_CODEC:
+        raise EncodeError(
+            f"Cannot encode a Huey Message at {path}: no message codec is registered."
+        )
+    return _MESSAGE_CODEC[0][0](message, path)
+
+
+def _decode_message(payload: Any) -> Message:
+    if not _MESSAGE_CODEC:
+        raise DecodeError("Unknown value tag '$message': no message codec is registered.")
+    return _MESSAGE_CODEC[0][1](payload)
 
 
 def _decode_dict_pairs(pairs: list[list[Any]]) -> dict[Any, Any]:

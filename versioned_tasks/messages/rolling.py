@@ -26,10 +26,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from ._actions import Action, DeadLetterAction, DeferAction, DeferredMessage, RequeueAction
-from ._pipeline import Newer
-from ._schema import NEWER_VERSION_POLICIES, SchemaRegistry, TaskSpec
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
+from ..schema.registry import NEWER_VERSION_POLICIES, SchemaRegistry, TaskSpec
+from .actions import Action, DeadLetterAction, DeferAction, DeferredMessage, RequeueAction
+from .readwrite import Newer
 
 __all__ = [
     "AUTO_EMIT_TTL",
@@ -361,7 +361,7 @@ class LockSchemas:
                 "schema_lock= checks downcast payloads with the jsonschema package, which "
                 "is not installed; pip install jsonschema, or drop schema_lock=."
             ) from None
-        from ._lock import parse_lock, read_lock, version_schema
+        from ..schema.lockfile import parse_lock, read_lock, version_schema
 
         if isinstance(lock, str | os.PathLike):
             self._lock = read_lock(lock)

@@ -22,36 +22,25 @@ said while one waits in storage.
 from __future__ import annotations
 
 import datetime
-import os
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from itertools import repeat
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict
 
 import orjson
-from huey.storage import (
-    FileStorage,
-    MemoryStorage,
-    PostgresStorage,
-    RedisPriorityQueue,
-    RedisStorage,
-    SqliteStorage,
-)
 
-from ._deadletters import (
-    FileBackend,
-    MemoryBackend,
-    PostgresBackend,
-    RedisBackend,
-    SqliteBackend,
-    backend_for,
+from ..messages.legacy import is_legacy
+from ..storage.adapters import adapter_for
+from ..storage.scan import (
+    DEFAULT_CHUNK,
+    Chunk,
+    Identity,
+    Where,
 )
-from ._legacy import is_legacy
-from .exceptions import ConfigurationError
+from ..wire.envelope import MAC_LEN, MAX_KEY_ID_LEN, MAX_VERSION, PREFIX, SIGNED_PREFIX
 
 if TYPE_CHECKING:
-    from ._huey import VersionedHuey
+    from ..app.huey import VersionedHuey
 
 __all__ = [
     "WHERES",
@@ -63,30 +52,18 @@ __all__ = [
     "take_census",
 ]
 
-Where: TypeAlias = Literal["queue", "schedule", "dead_letters"]
 #: The places a census counts, in the order it reads and reports them.
 WHERES: Final[tuple[Where, ...]] = ("queue", "schedule", "dead_letters")
 
 #: Called after each chunk with the place and how many items were read.
 Progress: TypeAlias = Callable[[Where, int], None]
 
-DEFAULT_CHUNK: Final = 1000
-#: Bytes of each SQL row fetched at first; a longer header fetches the whole row.
-_SQL_PREFIX: Final = 2048
-#: File bytes read at first for a header.
-_FILE_PREFIX: Final = 4096
-_MAX_VERSION: Final = 2**31 - 1
 #: Deepest chain of callbacks followed in a header (on_complete of on_complete ...).
 _MAX_CALLBACK_DEPTH: Final = 64
 
 #: Header keys that say nothing about an eta or a callback.
 _PLAIN_KEYS: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build", "form", "params"})
-_ENVELOPE: Final = b"VTE1"
-_SIGNED: Final = b"VTS1"
-_MAC_LEN: Final = 64
-_MAX_KEY_ID: Final = 32
 
-Identity: TypeAlias = tuple[str | None, int | None]
 _Key: TypeAlias = tuple[Where, str | None, int | None]
 
 
@@ -113,19 +90,19 @@ def _signed_start(raw: bytes) -> int:
 
     The signature is skipped, not checked: a census only counts.
     """
-    if raw[:4] != _SIGNED:
+    if raw[:4] != SIGNED_PREFIX:
         return -1
-    colon = raw.find(b":", 4, 4 + _MAX_KEY_ID + 1)
+    colon = raw.find(b":", 4, 4 + MAX_KEY_ID_LEN + 1)
     if colon <= 4:
         return -1
-    start = colon + 1 + _MAC_LEN
-    return start + 4 if raw[start : start + 4] == _ENVELOPE else -1
+    start = colon + 1 + MAC_LEN
+    return start + 4 if raw[start : start + 4] == PREFIX else -1
 
 
 def read_header(raw: bytes) -> dict[str, Any] | None:
     """The parsed header of an envelope (signed or not, the signature unchecked),
     or None for anything else. Only the bytes up to the first newline are parsed."""
-    start = 4 if raw[:4] == _ENVELOPE else _signed_start(raw)
+    start = 4 if raw[:4] == PREFIX else _signed_start(raw)
     end = raw.find(b"\n", start) if start > 0 else -1
     if end < 0:
         return None
@@ -137,7 +114,7 @@ def read_header(raw: bytes) -> dict[str, Any] | None:
 
 
 def _good_version(version: Any) -> bool:
-    return version is None or (type(version) is int and 1 <= version <= _MAX_VERSION)
+    return version is None or (type(version) is int and 1 <= version <= MAX_VERSION)
 
 
 def _identity(obj: Mapping[str, Any]) -> Identity:
@@ -190,12 +167,12 @@ class _Tally:
     #: the header's eta of a queued message.
     latest: dict[tuple[str, int | None], float] = field(default_factory=dict)
 
-    def chunk(self, where: Where, chunk: _Chunk) -> None:
+    def chunk(self, where: Where, chunk: Chunk) -> None:
         """Count a chunk of stored messages: the loop every message goes through."""
         counts, loads, decode_error = self.counts, orjson.loads, orjson.JSONDecodeError
-        top = _MAX_VERSION
+        top = MAX_VERSION
         for raw, due in chunk:
-            start = 4 if raw[:4] == _ENVELOPE else _signed_start(raw)
+            start = 4 if raw[:4] == PREFIX else _signed_start(raw)
             end = raw.find(b"\n", start) if start > 0 else -1
             try:
                 header = loads(raw[start:end]) if end > 0 else None
@@ -256,267 +233,6 @@ def _eta(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return eta.timestamp() if eta.tzinfo is None else None
-
-
-# -- reading storage in chunks -----------------------------------------------------------
-
-#: A chunk of stored messages with their due time (schedule only).
-_Chunk: TypeAlias = Sequence[tuple[bytes, float | None]]
-
-
-_T = TypeVar("_T")
-
-
-def _chunks_of(items: Iterable[_T], size: int) -> Iterator[list[_T]]:
-    """``items`` in lists of ``size`` (the last one shorter)."""
-    chunk: list[_T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def _redis_list(conn: Any, key: str, size: int) -> Iterator[_Chunk]:
-    # From the head (where producers push): a push moves every item one step
-    # further, so an item that stays is never skipped; pops at the tail only
-    # end the list sooner.
-    start = 0
-    while True:
-        items = conn.lrange(key, start, start + size - 1)
-        if items:
-            yield list(zip(items, repeat(None)))
-        if len(items) < size:
-            return
-        start += size
-
-
-def _redis_sorted(conn: Any, key: str, size: int, *, strip: int) -> Iterator[_Chunk]:
-    # From the highest score down: the scheduler and priority workers take the
-    # lowest scores, which never moves the rank of what is left to read. The
-    # schedule's scores are the due times; a priority queue's are priorities,
-    # and each of its members starts with an 8-byte stamp (strip=8).
-    start = 0
-    while True:
-        if strip:
-            members = conn.zrevrange(key, start, start + size - 1)
-            items = list(zip([member[strip:] for member in members], repeat(None)))
-        else:
-            items = conn.zrevrange(key, start, start + size - 1, withscores=True)
-        if items:
-            yield items
-        if len(items) < size:
-            return
-        start += size
-
-
-class _SqlPages:
-    """Pages of (id, prefix, length[, timestamp]) rows of Huey's task and schedule tables."""
-
-    def __init__(self, storage: Any) -> None:
-        self.storage = storage
-        if isinstance(storage, PostgresStorage):
-            p, self._substr = "%s", "substring(data from 1 for %s)"
-            self._tables = {"queue": storage.table_task, "schedule": storage.table_schedule}
-        else:
-            p, self._substr = "?", "substr(data, 1, ?)"
-            self._tables = {"queue": "task", "schedule": "schedule"}
-        self._p = p
-
-    def chunks(self, where: Where, size: int) -> Iterator[_Chunk]:
-        table, p = self._tables[where], self._p
-        stamp = ", timestamp" if where == "schedule" else ""
-        page = (
-            f"select id, {self._substr}, length(data){stamp} from {table} "
-            f"where queue = {p} and id > {p} order by id limit {p}"
-        )
-        whole = f"select data from {table} where id = {p}"
-        last = 0
-        while True:
-            rows = self.storage.sql(
-                page, (_SQL_PREFIX, self.storage.name, last, size), results=True
-            )
-            chunk: list[tuple[bytes, float | None]] = []
-            for row in rows:
-                raw = bytes(row[1])
-                if b"\n" not in raw and row[2] > len(raw) and raw[:1] == b"V":
-                    found = self.storage.sql(whole, (row[0],), results=True)
-                    if not found:
-                        continue  # taken by a worker meanwhile
-                    raw = bytes(found[0][0])
-                chunk.append((raw, float(row[3]) if stamp else None))
-            if chunk:
-                yield chunk
-            if len(rows) < size:
-                return
-            last = rows[-1][0]
-
-
-def _file_prefix(path: str) -> bytes | None:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(_FILE_PREFIX)
-            if b"\n" not in raw and len(raw) == _FILE_PREFIX:
-                raw += f.read()
-    except FileNotFoundError:
-        return None  # taken by a worker meanwhile
-    return raw
-
-
-def _file_items(directory: str, *, stamped: bool) -> Iterator[tuple[bytes, float | None]]:
-    try:
-        entries = os.scandir(directory)
-    except FileNotFoundError:
-        return
-    with entries:
-        for entry in entries:
-            if entry.name.endswith(".tmp") or entry.name.startswith("."):
-                continue
-            raw = _file_prefix(entry.path)
-            if raw is None:
-                continue
-            # Huey names a scheduled file after its due time in hex milliseconds.
-            due = int(entry.name[:12], 16) / 1000 if stamped else None
-            yield raw, due
-
-
-def _memory_items(storage: MemoryStorage, where: Where) -> list[tuple[bytes, float | None]]:
-    # References only, taken under the storage's lock: the bytes are not copied.
-    with storage._lock:
-        if where == "queue":
-            return [(data, None) for _, _, data in storage._queue]
-        return [(data, _stamp(ts)) for ts, data in storage._schedule]
-
-
-def _stamp(ts: datetime.datetime) -> float:
-    # The number every other storage keeps: the naive datetime read as local time.
-    return ts.timestamp()
-
-
-def message_chunks(storage: Any, where: Where, size: int = DEFAULT_CHUNK) -> Iterator[_Chunk]:
-    """The queue's or the schedule's messages, in chunks of about ``size``."""
-    if isinstance(storage, RedisStorage):
-        if where == "schedule":
-            return _redis_sorted(storage.conn, storage.schedule_key, size, strip=0)
-        if isinstance(storage, RedisPriorityQueue):
-            # A priority queue member starts with an 8-byte timestamp Huey adds.
-            return _redis_sorted(storage.conn, storage.queue_key, size, strip=8)
-        return _redis_list(storage.conn, storage.queue_key, size)
-    if isinstance(storage, SqliteStorage | PostgresStorage):
-        return _SqlPages(storage).chunks(where, size)
-    if isinstance(storage, MemoryStorage):
-        return _chunks_of(_memory_items(storage, where), size)
-    if isinstance(storage, FileStorage):
-        directory = storage.queue_path if where == "queue" else storage.schedule_path
-        return _chunks_of(_file_items(directory, stamped=where == "schedule"), size)
-    raise ConfigurationError(
-        f"A census cannot read {type(storage).__name__}; it reads MemoryStorage, "
-        f"SqliteStorage, PostgresStorage, FileStorage and the Redis storages."
-    )
-
-
-# -- dead letters: the store's own columns, never the bytes ------------------------------
-
-_DeadChunk: TypeAlias = list[tuple[Identity, int]]
-
-
-def _dead_meta(data: bytes) -> Identity:
-    meta, _, _ = bytes(data).partition(b"\n")
-    try:
-        parsed = orjson.loads(meta)
-    except orjson.JSONDecodeError:
-        return None, None
-    if type(parsed) is not dict:
-        return None, None
-    return _dead_identity(parsed.get("task"), parsed.get("version"))
-
-
-def _dead_redis(backend: RedisBackend, size: int) -> Iterator[_DeadChunk]:
-    # By sequence number (the index's unique scores), so that entries added or
-    # replayed meanwhile never shift the ones left to read.
-    conn, last = backend._conn, "-inf"
-    while True:
-        ids = conn.zrangebyscore(backend._index, last, "+inf", start=0, num=size, withscores=True)
-        if ids:
-            rows = conn.hmget(backend._entries, [member for member, _ in ids])
-            yield [(_dead_meta(row), 1) for row in rows if row is not None]
-        if len(ids) < size:
-            return
-        last = f"({ids[-1][1]!r}"
-
-
-def _has_table(backend: SqliteBackend | PostgresBackend) -> bool:
-    # A store never used has no table yet: the census does not create it.
-    if isinstance(backend, PostgresBackend):
-        query = "select to_regclass(%s) is not null"
-    else:
-        query = "select count(*) from sqlite_master where type = 'table' and name = ?"
-    return bool(backend._storage.sql(query, (backend.table,), results=True)[0][0])
-
-
-def _dead_sql(backend: SqliteBackend | PostgresBackend) -> Iterator[_DeadChunk]:
-    # Counted by the database, from the store's own columns.
-    if not _has_table(backend):
-        return
-    storage = backend._storage
-    p = "%s" if isinstance(backend, PostgresBackend) else "?"
-    rows = storage.sql(
-        f"select task, version, count(*) from {backend.table} where queue = {p} "
-        f"group by task, version",
-        (storage.name,),
-        results=True,
-    )
-    yield [(_dead_identity(task, version), int(count)) for task, version, count in rows]
-
-
-def _dead_identity(task: Any, version: Any) -> Identity:
-    # SQLite keeps whatever a column was given: a corrupt row counts as unknown.
-    return (task if type(task) is str else None, version if type(version) is int else None)
-
-
-def _dead_files(backend: FileBackend, size: int) -> Iterator[_DeadChunk]:
-    def entries() -> Iterator[tuple[Identity, int]]:
-        try:
-            listing = os.scandir(backend._dir)
-        except FileNotFoundError:
-            return
-        with listing:
-            for entry in listing:
-                if entry.name.startswith(".") or entry.name.endswith(".partial"):
-                    continue
-                try:
-                    with open(entry.path, "rb") as f:
-                        line = f.readline()
-                except FileNotFoundError:
-                    continue
-                yield _dead_meta(line), 1
-
-    yield from _chunks_of(entries(), size)
-
-
-def dead_letter_chunks(storage: Any, size: int = DEFAULT_CHUNK) -> Iterator[_DeadChunk]:
-    """(task, version) and a count for the dead-letter store beside ``storage``."""
-    backend = backend_for(storage)
-    if isinstance(backend, RedisBackend):
-        return _dead_redis(backend, size)
-    if isinstance(backend, SqliteBackend | PostgresBackend):
-        return _dead_sql(backend)
-    if isinstance(backend, FileBackend):
-        return _dead_files(backend, size)
-    assert isinstance(backend, MemoryBackend)
-    with backend._lock:
-        entries = list(backend._entries.values())
-    return iter(
-        [
-            [
-                (_dead_identity(getattr(e, "task", None), getattr(e, "version", None)), 1)
-                for e in entries[i : i + size]
-            ]
-            for i in range(0, len(entries), size)
-        ]
-    )
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -659,7 +375,7 @@ class _Needs:
 
     def __init__(self, huey: VersionedHuey, tally: _Tally) -> None:
         self.schema = huey.schema
-        self.plain = set(huey._registry._registry)
+        self.plain = set(huey.task_classes)
         self.tally = tally
         self.everything: Counter[_Key] = tally.counts + tally.callbacks
 
@@ -770,12 +486,12 @@ def take_census(
     called after each chunk. Nothing is changed in storage.
     """
     tally = _Tally()
-    storage = huey.storage
+    storage = adapter_for(huey.storage)
     # Opened first, so that a storage without a dead-letter store fails at once.
-    dead_letters = dead_letter_chunks(storage, chunk_size)
+    dead_letters = storage.dead_letters().identity_chunks(chunk_size)
     where: Where
     for where in ("queue", "schedule"):
-        for chunk in message_chunks(storage, where, chunk_size):
+        for chunk in storage.message_chunks(where, chunk_size):
             tally.chunk(where, chunk)
             if progress is not None:
                 progress(where, len(chunk))
@@ -797,10 +513,8 @@ def take_census(
 
 def census_sizes(huey: VersionedHuey) -> dict[Where, int]:
     """How many items each place holds now (for a progress bar's totals)."""
-    backend = backend_for(huey.storage)
-    unused = isinstance(backend, SqliteBackend | PostgresBackend) and not _has_table(backend)
     return {
         "queue": int(huey.storage.queue_size()),
         "schedule": int(huey.storage.schedule_size()),
-        "dead_letters": 0 if unused else backend.count(),
+        "dead_letters": adapter_for(huey.storage).dead_letters().census_count(),
     }

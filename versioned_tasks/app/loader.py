@@ -5,8 +5,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ._huey import VersionedHuey
-from .exceptions import ConfigurationError
+from ..exceptions import ConfigurationError
+from .huey import VersionedHuey
 
 __all__ = ["import_app"]
 

@@ -10,8 +10,10 @@ import orjson
 from huey.registry import Message
 from huey.serializer import Serializer
 
-from . import _codec, _envelope, _pipeline
-from .exceptions import ConfigurationError, DecodeError, EncodeError
+from ..exceptions import ConfigurationError, DecodeError, EncodeError
+from ..messages import readwrite as _pipeline
+from ..wire import envelope as _envelope
+from ..wire import values as _codec
 
 __all__ = ["ENV_SECRET_KEYS", "ENV_SIGNING_KEY", "VersionedSerializer"]
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from huey.constants import EmptyData
 
-from .exceptions import DecodeError
+from ..exceptions import DecodeError
 
 __all__ = ["check_record", "restore_hint"]
 

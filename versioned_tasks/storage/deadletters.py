@@ -23,22 +23,27 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
-from huey.storage import (
-    FileStorage,
-    MemoryStorage,
-    PostgresStorage,
-    RedisPriorityQueue,
-    RedisStorage,
-    SqliteStorage,
-)
+from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
 
-from ._pipeline import REASONS
-from .exceptions import ConfigurationError, DeadLetterNotFound, MessageRejected, ReplayFailed
+from ..exceptions import DeadLetterNotFound, MessageRejected, ReplayFailed
+from ..messages.readwrite import REASONS
+from ..messages.reasons import Reason
+from .scan import DeadChunk, Identity, chunks_of
 
-__all__ = ["DeadLetter", "DeadLetterStore", "Requeue", "backend_for"]
+__all__ = [
+    "DeadLetter",
+    "DeadLetterBackend",
+    "DeadLetterStore",
+    "FileBackend",
+    "MemoryBackend",
+    "PostgresBackend",
+    "RedisBackend",
+    "Requeue",
+    "SqliteBackend",
+]
 
 _PAGE = 500
 
@@ -71,7 +76,7 @@ class DeadLetter:
     """
 
     id: str
-    reason: str
+    reason: Reason
     task: str | None
     version: int | None
     raw: bytes
@@ -221,7 +226,7 @@ def _pack(entry: DeadLetter) -> bytes:
 
 
 def new_entry(
-    reason: str, raw: bytes, error: str, task: str | None, version: int | None
+    reason: Reason, raw: bytes, error: str, task: str | None, version: int | None
 ) -> DeadLetter:
     """A new entry with a fresh id, created now."""
     return DeadLetter(
@@ -235,15 +240,24 @@ def new_entry(
     )
 
 
-class _Backend(Protocol):
+class DeadLetterBackend(Protocol):
+    """Where one storage keeps its dead letters (see ``storage/adapters.py``)."""
+
     def add(self, entry: DeadLetter, *, inflight: str | None = None) -> None: ...
     def get(self, id: str) -> DeadLetter | None: ...
-    def update(self, id: str, reason: str, error: str) -> bool: ...
+    def update(self, id: str, reason: Reason, error: str) -> bool: ...
     def take(self, id: str, data: bytes | None, priority: Any) -> bool: ...
     def delete(self, id: str) -> bool: ...
     def purge(self) -> int: ...
     def count(self) -> int: ...
     def page(self, offset: int, limit: int) -> list[DeadLetter]: ...
+    def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
+        """(task, version) and a count per entry group, from the store's own columns."""
+        ...
+
+    def census_count(self) -> int:
+        """How many entries there are, without creating the store if never used."""
+        ...
 
 
 class DeadLetterStore:
@@ -253,7 +267,7 @@ class DeadLetterStore:
     instance on the same storage and name shares the same entries.
     """
 
-    def __init__(self, backend: _Backend, replay: Callable[[bytes], Requeue]) -> None:
+    def __init__(self, backend: DeadLetterBackend, replay: Callable[[bytes], Requeue]) -> None:
         self._backend = backend
         self._replay = replay
 
@@ -283,7 +297,7 @@ class DeadLetterStore:
     def add(
         self,
         *,
-        reason: str,
+        reason: Reason,
         raw: bytes,
         error: str,
         task: str | None = None,
@@ -308,7 +322,7 @@ class DeadLetterStore:
     def add_then_pop(
         self,
         *,
-        reason: str,
+        reason: Reason,
         raw: bytes,
         error: str,
         task: str | None = None,
@@ -359,7 +373,9 @@ class DeadLetterStore:
         try:
             requeue = self._replay(entry.raw)
         except MessageRejected as exc:
-            self._backend.update(id, exc.reason, exc.error)
+            # MessageRejected (exceptions.py, below this layer) keeps the reason as text;
+            # it is always one of REASONS, set by the reader.
+            self._backend.update(id, cast("Reason", exc.reason), exc.error)
             raise ReplayFailed(
                 id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
             ) from None
@@ -406,7 +422,7 @@ class MemoryBackend:
         value = self._entries.get(id)
         return None if value is None else self._entry(id, value)
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         with self._lock:
             entry = self._entries.get(id)
             if not isinstance(entry, DeadLetter):
@@ -439,6 +455,18 @@ class MemoryBackend:
             self._entries.clear()
             return count
 
+    def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
+        with self._lock:
+            entries = list(self._entries.values())
+        identities = [
+            (_dead_identity(getattr(e, "task", None), getattr(e, "version", None)), 1)
+            for e in entries
+        ]
+        return chunks_of(identities, size)
+
+    def census_count(self) -> int:
+        return self.count()
+
     def count(self) -> int:
         return len(self._entries)
 
@@ -456,6 +484,9 @@ class _SqlBackend:
     the driver's placeholder.
     """
 
+    #: Whether the table exists (one placeholder: its name).
+    _EXISTS: str
+
     _COLUMNS = "id, reason, task, version, raw, error, created_at"
 
     def __init__(self, storage: Any, table: str, placeholder: str) -> None:
@@ -463,7 +494,7 @@ class _SqlBackend:
         self._queue = storage.name
         self.table = table
         self._ready = False
-        p = placeholder
+        p = self._p = placeholder
         where = f"where queue = {p}"
         self._insert = (
             f"insert into {table} (id, queue, reason, task, version, raw, error, "
@@ -532,7 +563,7 @@ class _SqlBackend:
         rows = self._sql(self._get, (self._queue, id))
         return self._row(rows[0]) if rows else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         values = (self._text(reason), self._text(error), self._queue, id)
         return bool(self._sql(self._update, values, write=True))
 
@@ -555,6 +586,27 @@ class _SqlBackend:
     def purge(self) -> int:
         return int(self._sql(self._purge, (self._queue,), write=True))
 
+    def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
+        # Counted by the database, from the store's own columns.
+        if not self._has_table():
+            return
+        p = self._p
+        rows = self._storage.sql(
+            f"select task, version, count(*) from {self.table} where queue = {p} "
+            f"group by task, version",
+            (self._queue,),
+            results=True,
+        )
+        yield [(_dead_identity(task, version), int(count)) for task, version, count in rows]
+
+    def census_count(self) -> int:
+        return self.count() if self._has_table() else 0
+
+    def _has_table(self) -> bool:
+        # A store never used has no table yet: the census does not create it.
+        query = self._EXISTS
+        return bool(self._storage.sql(query, (self.table,), results=True)[0][0])
+
     def count(self) -> int:
         return int(self._sql(self._count, (self._queue,))[0][0])
 
@@ -573,6 +625,8 @@ class SqliteBackend(_SqlBackend):
         "raw blob not null, error text not null, created_at real not null)",
         "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
     )
+
+    _EXISTS = "select count(*) from sqlite_master where type = 'table' and name = ?"
 
     def __init__(self, storage: SqliteStorage) -> None:
         super().__init__(storage, "vt_dead_letters", "?")
@@ -606,6 +660,8 @@ class PostgresBackend(_SqlBackend):
     the store follows the storage's tables; rows are keyed by queue name. Every
     statement goes through the storage's own connection and lock.
     """
+
+    _EXISTS = "select to_regclass(%s) is not null"
 
     def __init__(self, storage: PostgresStorage) -> None:
         # Huey names its tables "<prefix>_kv", ...; the prefix is already
@@ -722,7 +778,7 @@ class RedisBackend:
     lost reply is recognised as done.
     """
 
-    def __init__(self, storage: RedisStorage) -> None:
+    def __init__(self, storage: RedisStorage, *, sorted_queue: bool) -> None:
         self._storage = storage
         self._conn = storage.conn
         base = f"huey.deadletters.{storage.name}"
@@ -730,7 +786,7 @@ class RedisBackend:
         self._index = f"{base}.index"
         self._seq = f"{base}.seq"
         self._replayed = f"{base}.replayed."
-        self._sorted = isinstance(storage, RedisPriorityQueue)
+        self._sorted = sorted_queue
         self._add = self._conn.register_script(_ADD_LUA)
         self._update = self._conn.register_script(_UPDATE_LUA)
         self._take = self._conn.register_script(_TAKE_LUA)
@@ -794,7 +850,7 @@ class RedisBackend:
         data = self._conn.hget(self._entries, id)
         return self._unpack(id, data) if data is not None else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         entry = self.get(id)
         if entry is None or entry.corrupt:
             return False
@@ -832,6 +888,22 @@ class RedisBackend:
         pipe.delete(self._entries, self._index)
         count, _ = pipe.execute()
         return int(count)
+
+    def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
+        # By sequence number (the index's unique scores), so that entries added or
+        # replayed meanwhile never shift the ones left to read.
+        conn, last = self._conn, "-inf"
+        while True:
+            ids = conn.zrangebyscore(self._index, last, "+inf", start=0, num=size, withscores=True)
+            if ids:
+                rows = conn.hmget(self._entries, [member for member, _ in ids])
+                yield [(_dead_meta(row), 1) for row in rows if row is not None]
+            if len(ids) < size:
+                return
+            last = f"({ids[-1][1]!r}"
+
+    def census_count(self) -> int:
+        return self.count()
 
     def count(self) -> int:
         return int(self._conn.hlen(self._entries))
@@ -906,7 +978,7 @@ class FileBackend:
             path = self._find(id)
             return self._read(path) if path is not None else None
 
-    def update(self, id: str, reason: str, error: str) -> bool:
+    def update(self, id: str, reason: Reason, error: str) -> bool:
         with self._lock:
             path = self._find(id)
             if path is None:
@@ -971,6 +1043,28 @@ class FileBackend:
                 os.remove(os.path.join(self._dir, name))
             return len(names)
 
+    def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
+        return chunks_of(self._identities(), size)
+
+    def _identities(self) -> Iterator[tuple[Identity, int]]:
+        try:
+            listing = os.scandir(self._dir)
+        except FileNotFoundError:
+            return
+        with listing:
+            for entry in listing:
+                if entry.name.startswith(".") or entry.name.endswith(".partial"):
+                    continue
+                try:
+                    with open(entry.path, "rb") as f:
+                        line = f.readline()
+                except FileNotFoundError:
+                    continue
+                yield _dead_meta(line), 1
+
+    def census_count(self) -> int:
+        return self.count()
+
     def count(self) -> int:
         with self._lock:
             return len(self._files())
@@ -988,24 +1082,17 @@ def _utc_ns(ns: int) -> datetime.datetime | None:
         return None
 
 
-def backend_for(storage: Any) -> _Backend:
-    """The dead-letter backend that lives beside ``storage``.
+def _dead_meta(data: bytes) -> Identity:
+    meta, _, _ = bytes(data).partition(b"\n")
+    try:
+        parsed = orjson.loads(meta)
+    except orjson.JSONDecodeError:
+        return None, None
+    if type(parsed) is not dict:
+        return None, None
+    return _dead_identity(parsed.get("task"), parsed.get("version"))
 
-    Raises:
-        ConfigurationError: the storage has no dead-letter backend.
-    """
-    if isinstance(storage, MemoryStorage):
-        return MemoryBackend(storage)
-    if isinstance(storage, SqliteStorage):
-        return SqliteBackend(storage)
-    if isinstance(storage, PostgresStorage):
-        return PostgresBackend(storage)
-    if isinstance(storage, RedisStorage):
-        return RedisBackend(storage)
-    if isinstance(storage, FileStorage):
-        return FileBackend(storage)
-    raise ConfigurationError(
-        f"{type(storage).__name__} has no dead-letter store yet; use MemoryStorage, "
-        f"SqliteStorage, PostgresStorage, FileStorage or a Redis storage (RedisStorage, "
-        f"PriorityRedisStorage and the expiring variants)."
-    )
+
+def _dead_identity(task: Any, version: Any) -> Identity:
+    # SQLite keeps whatever a column was given: a corrupt row counts as unknown.
+    return (task if type(task) is str else None, version if type(version) is int else None)

@@ -39,16 +39,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from huey.storage import RedisPriorityQueue, RedisStorage
-
-from .exceptions import ConfigurationError
+from huey.storage import RedisStorage
 
 __all__ = [
     "RELIABLE_DEFAULT",
     "InflightLists",
     "Slot",
     "inflight_prefix",
-    "reliable_enabled",
 ]
 
 #: What ``reliable=None`` means on RedisStorage and RedisExpireStorage.
@@ -69,49 +66,6 @@ if ARGV[2] == '1' then
 end
 return moved
 """
-
-
-def reliable_enabled(option: bool | None, storage: Any, *, heartbeats: bool) -> bool:
-    """Whether the app's workers use reliable fetch: ``option``, or the default on
-    RedisStorage and RedisExpireStorage when None.
-
-    Raises:
-        ConfigurationError: ``reliable=True`` on a storage without it, or with
-            the consumer heartbeat (``fleet``) turned off.
-    """
-    supported = isinstance(storage, RedisStorage) and not isinstance(storage, RedisPriorityQueue)
-    if option is None:
-        return RELIABLE_DEFAULT and supported and heartbeats
-    if not option:
-        return False
-    if not supported:
-        raise ConfigurationError(_unsupported(storage))
-    if not heartbeats:
-        raise ConfigurationError(
-            "reliable=True needs the consumer heartbeat, which tells a dead consumer's "
-            "in-flight messages from a live one's; drop fleet=False."
-        )
-    return True
-
-
-def _unsupported(storage: Any) -> str:
-    kind = type(storage).__name__
-    if isinstance(storage, RedisPriorityQueue):
-        why = (
-            "its queue is a sorted set popped with BZPOPMIN, which cannot move a message "
-            "into an in-flight list atomically"
-        )
-    elif kind == "SqliteStorage":
-        why = (
-            "there a bad message's pop and its dead-letter write already share one "
-            "transaction, but a task running when its worker dies is lost, as with plain Huey"
-        )
-    else:
-        why = "Huey has no acknowledgement there: a task running when its worker dies is lost"
-    return (
-        f"reliable=True is not supported on {kind}: {why}. Reliable fetch works on "
-        f"RedisStorage and RedisExpireStorage; use one of them, or drop reliable=True."
-    )
 
 
 def inflight_prefix(storage: RedisStorage) -> str:

@@ -24,27 +24,26 @@ consumers that publish.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
 import secrets
 import socket
 import threading
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final
 
 import orjson
 from huey.consumer import Consumer, Worker
-from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStorage, SqliteStorage
 
-from ._version import __version__
-from .exceptions import ConfigurationError
+from .._version import __version__
+from ..exceptions import ConfigurationError
+from ..storage.adapters import adapter_for
+from ..storage.fleet_board import STALE_AFTER, Board
 
 if TYPE_CHECKING:
-    from ._huey import VersionedHuey
+    from .huey import VersionedHuey
 
 __all__ = [
     "DEFAULT_FLEET_INTERVAL",
@@ -52,8 +51,6 @@ __all__ = [
     "FleetConsumer",
     "Heartbeat",
     "WorkerInfo",
-    "board_for",
-    "fleet_enabled",
     "live_workers",
     "readable_versions",
 ]
@@ -62,11 +59,6 @@ logger = logging.getLogger("versioned_tasks")
 
 #: Seconds between two heartbeats of a consumer, by default.
 DEFAULT_FLEET_INTERVAL: Final = 10.0
-#: A record older than this many of its own intervals is stale.
-STALE_AFTER: Final = 3
-#: The Redis hash outlives its last writer by at least this long (seconds).
-_HASH_TTL: Final = 24 * 3600
-_KEY_PREFIX: Final = "vt.fleet."
 #: How long stop() waits for a heartbeat in flight before removing the record.
 _JOIN_TIMEOUT: Final = 5.0
 
@@ -141,166 +133,6 @@ def _parse(data: bytes) -> tuple[WorkerInfo, float] | None:
     return info, last_seen
 
 
-# -- where records live -------------------------------------------------------------------
-
-
-class _Board(Protocol):
-    def now(self) -> float: ...
-    def publish(self, worker_id: str, data: bytes, interval: float) -> None: ...
-    def remove(self, worker_id: str) -> None: ...
-    def records(self) -> list[tuple[str, bytes]]: ...
-
-
-class RedisBoard:
-    """A hash ``huey.fleet.<name>``: one field per consumer."""
-
-    def __init__(self, storage: RedisStorage) -> None:
-        self._conn = storage.conn
-        self.key = f"huey.fleet.{storage.name}"
-
-    def now(self) -> float:
-        seconds, micros = self._conn.time()
-        return float(seconds) + float(micros) / 1e6
-
-    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
-        pipe = self._conn.pipeline(transaction=True)
-        pipe.hset(self.key, worker_id, data)
-        # Only so that the hash of a fleet that died without stopping goes away.
-        pipe.expire(self.key, int(max(_HASH_TTL, STALE_AFTER * interval + 1)))
-        pipe.execute()
-
-    def remove(self, worker_id: str) -> None:
-        self._conn.hdel(self.key, worker_id)
-
-    def records(self) -> list[tuple[str, bytes]]:
-        return [(k.decode(), bytes(v)) for k, v in self._conn.hgetall(self.key).items()]
-
-
-class _KeyValueBoard:
-    """Keys ``vt.fleet.<id>`` of the storage's own key-value store."""
-
-    def __init__(self, storage: Any) -> None:
-        self.storage = storage
-
-    def now(self) -> float:
-        return time.time()
-
-    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
-        self.storage.put_data(_KEY_PREFIX + worker_id, data)
-
-    def remove(self, worker_id: str) -> None:
-        self.storage.pop_data(_KEY_PREFIX + worker_id)
-
-    def records(self) -> list[tuple[str, bytes]]:
-        raise NotImplementedError
-
-
-class SqlBoard(_KeyValueBoard):
-    """Rows of Huey's key-value table (SQLite ``kv``, PostgreSQL ``<prefix>_kv``)."""
-
-    def records(self) -> list[tuple[str, bytes]]:
-        storage = self.storage
-        if isinstance(storage, PostgresStorage):
-            table, p = storage.table_kv, "%s"
-        else:
-            table, p = "kv", "?"
-        # A key range rather than LIKE, whose '_' is a wildcard; '/' follows '.'.
-        rows = storage.sql(
-            f"select key, value from {table} where queue = {p} and key >= {p} and key < {p}",
-            (storage.name, _KEY_PREFIX, _KEY_PREFIX[:-1] + "/"),
-            results=True,
-        )
-        return [(str(key)[len(_KEY_PREFIX) :], bytes(value)) for key, value in rows]
-
-
-class MemoryBoard(_KeyValueBoard):
-    """Keys of a MemoryStorage's key-value store: a fleet of one process."""
-
-    def records(self) -> list[tuple[str, bytes]]:
-        with self.storage._lock:
-            items = list(self.storage._results.items())
-        return [
-            (key[len(_KEY_PREFIX) :], bytes(value))
-            for key, value in items
-            if isinstance(key, str) and key.startswith(_KEY_PREFIX)
-        ]
-
-
-class FileBoard:
-    """One file per consumer under ``<path>/fleet/``, replaced atomically."""
-
-    def __init__(self, storage: FileStorage) -> None:
-        self._dir = os.path.join(storage.path, "fleet")
-
-    def now(self) -> float:
-        return time.time()
-
-    def publish(self, worker_id: str, data: bytes, interval: float) -> None:
-        os.makedirs(self._dir, exist_ok=True)
-        path = os.path.join(self._dir, _file_name(worker_id))
-        partial = f"{path}.partial"
-        with open(partial, "wb") as f:
-            f.write(data)
-        os.replace(partial, path)
-
-    def remove(self, worker_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(self._dir, _file_name(worker_id)))
-
-    def records(self) -> list[tuple[str, bytes]]:
-        try:
-            names = os.listdir(self._dir)
-        except FileNotFoundError:
-            return []
-        found = []
-        for name in names:
-            if not name.endswith(".json"):
-                continue
-            try:
-                with open(os.path.join(self._dir, name), "rb") as f:
-                    data = f.read()
-            except FileNotFoundError:
-                continue
-            parsed = _parse(data)
-            if parsed is not None:
-                found.append((parsed[0].id, data))
-        return found
-
-
-def _file_name(worker_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in worker_id) + ".json"
-
-
-def board_for(storage: Any) -> _Board | None:
-    """Where the consumers of ``storage`` publish, or None for a storage without one."""
-    if isinstance(storage, RedisStorage):
-        return RedisBoard(storage)
-    if isinstance(storage, SqliteStorage | PostgresStorage):
-        return SqlBoard(storage)
-    if isinstance(storage, MemoryStorage):
-        return MemoryBoard(storage)
-    if isinstance(storage, FileStorage):
-        return FileBoard(storage)
-    return None
-
-
-def fleet_enabled(option: bool | None, storage: Any) -> bool:
-    """Whether consumers publish heartbeats: ``option``, or Redis only when None.
-
-    Raises:
-        ConfigurationError: ``fleet=True`` on a storage with nowhere to publish.
-    """
-    if option is None:
-        return isinstance(storage, RedisStorage)
-    if option and board_for(storage) is None:
-        raise ConfigurationError(
-            f"fleet=True is not supported on {type(storage).__name__}: consumers publish "
-            f"heartbeats on Redis, SQLite, PostgreSQL, FileStorage and MemoryStorage; "
-            f"drop fleet=True."
-        )
-    return bool(option)
-
-
 # -- reading ------------------------------------------------------------------------------
 
 
@@ -308,7 +140,7 @@ def live_workers(huey: VersionedHuey) -> list[WorkerInfo]:
     """The consumers of the app's queue that published a heartbeat recently,
     oldest first. Stale records (three intervals without a heartbeat) are
     ignored and deleted."""
-    board = board_for(huey.storage)
+    board = adapter_for(huey.storage).fleet_board()
     if board is None:
         return []
     now = board.now()
@@ -345,7 +177,7 @@ def versions_all_read(workers: list[WorkerInfo]) -> dict[str, int]:
 class Heartbeat:
     """Publishes one consumer's record now and every ``interval`` seconds, until stopped."""
 
-    def __init__(self, huey: VersionedHuey, board: _Board, interval: float) -> None:
+    def __init__(self, huey: VersionedHuey, board: Board, interval: float) -> None:
         self.huey = huey
         self.board = board
         self.interval = float(interval)
@@ -373,7 +205,7 @@ class Heartbeat:
                 "started_at": self._started_at,
                 "last_seen": now,
                 "interval": self.interval,
-                "build": self.huey._writer.build,
+                "build": self.huey.message_writer.build,
                 "tasks": {name: spec.version for name, spec in self.huey.schema.specs.items()},
                 "library": __version__,
             }

@@ -1,0 +1,1 @@
+"""Operations over an app: the census, the lock file build and check, migrate-queue."""

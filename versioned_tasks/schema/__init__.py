@@ -1,0 +1,3 @@
+"""The schema layer: task specs, the registry, the whole-registry checks and the
+compatibility diff. Imports only ``wire`` below it.
+"""
