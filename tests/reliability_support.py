@@ -670,7 +670,8 @@ CONSUMER_APP = textwrap.dedent(
     QUEUE = os.environ["VT_REL_QUEUE"]
     OPTIONS = {"newer_version": "dead_letter"}
     if os.environ.get("VT_REL_RELIABLE"):
-        OPTIONS["reliable"] = True
+        # Short heartbeats: a killed consumer's messages are recovered within seconds.
+        OPTIONS.update(reliable=True, fleet_interval=0.5)
     if BACKEND == "redis":
         huey = VersionedRedisHuey(QUEUE, url=os.environ["VT_REL_URL"], **OPTIONS)
     elif BACKEND == "sqlite":

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import pytest
 import redis
-from conftest import PG_DSN, REDIS_URL, MakeHuey
+from helpers import PG_DSN, REDIS_URL, MakeHuey, Recorder, queued, running_consumer, wait_for
 from huey.storage import SqliteStorage
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -49,7 +49,6 @@ from reliability_support import (
     wait_with,
     watch_consumer_loop,
 )
-from test_consumer import Recorder, running_consumer, wait_for
 
 from versioned_tasks import (
     DeadLetterNotFound,
@@ -92,11 +91,6 @@ def declare_recorded_job(app: VersionedHuey, ran: Recorder, pause: float = 0.0) 
 def envelope_maker(app: VersionedHuey, job: Any) -> Callable[[int], bytes]:
     """Valid unsigned envelopes of ``job`` written by ``app``."""
     return lambda n: unsigned(app.serialize_task(job.s(n)))
-
-
-def queued(app: VersionedHuey) -> list[bytes]:
-    """The bytes still on the queue."""
-    return [bytes(raw) for raw in app.storage.enqueued_items()]
 
 
 def header_id(raw: bytes) -> str:

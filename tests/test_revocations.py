@@ -276,3 +276,31 @@ def task_id(raw: bytes) -> str:
     header = raw[raw.index(b"VTE1") + 4 : raw.index(b"\n")]
     ident: str = orjson.loads(header)["id"]
     return ident
+
+
+def test_a_task_whose_records_the_storage_cannot_look_up_is_kept_not_dropped(
+    make_huey: MakeHuey, backend: str, huey_errors: Callable[[], list[str]]
+) -> None:
+    """A task id holding NUL: PostgreSQL refuses the revocation lookup, so the task is
+    dead-lettered with its exact bytes (not dropped inside Huey); the other storages
+    look it up and run it."""
+    app = make_huey()
+    ran = Recorder()
+
+    @app.versioned_task(version=1, name="rev.nul")
+    def nul(n: int) -> None:
+        ran("rev.nul", n)
+
+    app.enqueue(nul.s(1, id="a\x00b"))
+    [raw] = queued(app)
+    with running_consumer(app):
+        if backend == "postgres":
+            wait_for(lambda: len(app.dead_letters) == 1)
+        else:
+            wait_for(lambda: ran.calls == [("rev.nul", 1)])
+    if backend == "postgres":
+        [entry] = app.dead_letters
+        assert (entry.raw, entry.reason, entry.task) == (raw, "undecodable", "rev.nul")
+        assert "cannot be looked up" in entry.error
+        assert ran.calls == []
+    assert huey_errors() == []

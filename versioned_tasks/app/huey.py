@@ -967,7 +967,15 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 for a signature), naming the task, the key and the fix.
         """
         keys = self._revoke_keys(task)
-        data = self.storage.peek_many(keys)
+        try:
+            data = self.storage.peek_many(keys)
+        except Exception as exc:
+            if _EXECUTING.get() is not task:
+                raise
+            # The storage cannot even look the records up (PostgreSQL refuses a
+            # key holding NUL, say): keep the task rather than drop it.
+            self._dead_letter_revoked(task, self._lookup_error(task, exc))
+            return True
         for key in keys:
             try:
                 revoked, restore = check_record(
@@ -988,6 +996,15 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             if revoked:
                 return True
         return False
+
+    @staticmethod
+    def _lookup_error(task: Any, exc: Exception) -> DecodeError:
+        return DecodeError(
+            f"The revocation records of {_revoked_subject(task)} cannot be looked up "
+            f"({type(exc).__name__}: {str(exc).strip()}); the task was not run. Fix the "
+            f"cause (a task id the storage cannot hold, the storage itself), then replay "
+            f"this dead letter."
+        )
 
     def _revocation_error(self, task: Any, key: str, exc: DecodeError) -> DecodeError:
         text = (
