@@ -549,25 +549,29 @@ class Ledger:
         return False
 
     def settle(self) -> None:
+        # Dead letters first, then runs: inputs may share an id (a mutation can set
+        # the same one on several), so a run is only counted against an input that
+        # was not dead-lettered, and one left over for a dead-lettered id means both.
+        dead_inputs: list[tuple[Input, str | None]] = []
         for item in self.inputs:
             header = header_of(item.raw)
             ident = key(header.get("id")) if header else None
-            dead = self.dead[item.raw] > 0
-            if dead:
+            if self.dead[item.raw] > 0:
                 self.dead[item.raw] -= 1
                 if header is not None:
                     self.dead_ids[ident or ""] -= 1
-            ran = self._take_run(ident)
-            if ran and dead:
-                self.both.append(item)
-            elif ran:
+                dead_inputs.append((item, ident))
+            elif self._take_run(ident):
                 self.ran.append(item)
                 assert header is not None
                 self._follow_callbacks(item, header)
-            elif dead:
-                self.dead_lettered.append(item)
             else:
                 self.neither.append(item)
+        for item, ident in dead_inputs:
+            if self._take_run(ident):
+                self.both.append(item)
+            else:
+                self.dead_lettered.append(item)
 
     def _follow_callbacks(self, item: Input, header: dict[str, Any]) -> None:
         """Each callback along a run input's chain ran, or was dead-lettered (with the rest)."""
