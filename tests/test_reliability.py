@@ -265,15 +265,18 @@ class KillFigures:
         finished, started, interrupted = runs.finished(), runs.started(), runs.interrupted()
         in_flight = runs.in_flight_at_kill(killed, workers=KILL_WORKERS)
         twice = sorted(ident for ident in good_ids if started[ident] > 1)
-        absent, extra = missing(list(set(bads)), list(set(stored)))
+        # As multisets: two bad messages may be the same bytes (two envelopes
+        # truncated inside their common prefix), and each is stored once.
+        absent, extra = missing(bads, stored)
+        known = set(bads)
         return cls(
             lost=sorted(good_ids - set(finished)),
             twice=twice,
             twice_unexplained=[ident for ident in twice if ident not in in_flight],
             killed_mid_run=len(interrupted),
             bad_missing=absent,
-            unexpected_entries=extra,
-            bad_stored_twice=sum(n - 1 for n in Counter(stored).values() if n > 1),
+            unexpected_entries=[raw for raw in extra if raw not in known],
+            bad_stored_twice=sum(1 for raw in extra if raw in known),
         )
 
     def line(self, label: str, kills: int) -> str:
