@@ -81,23 +81,32 @@ class Dispatcher:
     def _settle_then_pop(self, raw: bytes, action: _Action) -> bytes | None:
         """Carry out ``action``; for a dead letter on a plain Redis list, also pop
         the next message in the same round trip (None: nothing popped yet)."""
-        store = self.app.dead_letters
-        if not (isinstance(action, DeadLetterAction) and store.pops_with_writes):
+        if not (isinstance(action, DeadLetterAction) and self.app.dead_letters.pops_with_writes):
             self.act(raw, action)
             return None
-        entry, popped, failed = store.add_then_pop(
+        popped, failed = self._write_then_pop(raw, action)
+        if failed is not None:
+            if popped is not None:
+                self.rescue(popped)  # popped in the same round trip: back it goes
+            raise failed
+        return popped
+
+    def _write_then_pop(
+        self, raw: bytes, action: DeadLetterAction, inflight: str | None = None
+    ) -> tuple[bytes | None, Exception | None]:
+        """Dead-letter ``raw`` and pop the next message in one round trip (see
+        ``DeadLetterStore.add_then_pop``); logs the entry once it is written."""
+        entry, popped, failed = self.app.dead_letters.add_then_pop(
             reason=action.reason,
             raw=raw,
             error=action.error,
             task=action.task,
             version=action.version,
+            inflight=inflight,
         )
-        if failed is not None:
-            if popped is not None:
-                self.rescue(popped)  # popped in the same round trip: back it goes
-            raise failed
-        action.log(entry.id)
-        return popped
+        if failed is None:
+            action.log(entry.id)
+        return popped, failed
 
     def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
         """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
@@ -271,14 +280,7 @@ class Dispatcher:
         """Dead-letter ``raw`` (leaving the in-flight list) and move the next
         message into the list, in one round trip."""
         try:
-            entry, popped, failed = self.app.dead_letters.add_then_pop(
-                reason=action.reason,
-                raw=raw,
-                error=action.error,
-                task=action.task,
-                version=action.version,
-                inflight=slot.key,
-            )
+            popped, failed = self._write_then_pop(raw, action, slot.key)
         except Exception:
             slot.dirty = True  # the next pop puts back what the list still holds
             raise
@@ -287,7 +289,6 @@ class Dispatcher:
             # popped with them; the next pop puts both back on the queue.
             slot.dirty = True
             raise failed
-        action.log(entry.id)
         return popped
 
     def settle_owed(self, slot: Slot) -> None:

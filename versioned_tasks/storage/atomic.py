@@ -182,11 +182,7 @@ class AtomicSql:
         try:
             self._backend.ensure_table()
             with self._storage.db(commit=True) as cursor:
-                cursor.execute(self._delete_task, self._row(row_id, raw))
-                if cursor.rowcount != 1:
-                    return False
-                self._apply(cursor, raw, decision)
-                return True
+                return self._take_row(cursor, row_id, raw, decision)
         except Exception:
             # Rolled back (or never begun), so the message is still queued.
             # Move it behind the others, as the generic path does, so that a
