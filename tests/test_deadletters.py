@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from helpers import PG_DSN, queued, require_postgres
+from helpers import PG_DSN, queued, require_postgres, running_consumer, wait_for
 from huey.api import Result
 from huey.registry import Message
 
@@ -695,3 +695,38 @@ def test_postgres_dequeue_puts_the_bytes_back_when_the_dead_letter_write_fails(
     restarted = postgres_app()
     assert restarted.dequeue() is None
     assert [entry.raw for entry in restarted.dead_letters] == [b"!junk"]
+
+
+def test_an_upcast_failed_dead_letter_names_the_upcaster_and_carries_its_traceback(
+    make_huey: MakeHuey,
+) -> None:
+    """Through a real consumer: the error text says which function failed, and where."""
+    old = make_huey()
+
+    @old.versioned_task(version=1, name="shop.ship")
+    def ship_v1(order: int) -> None: ...
+
+    new = make_huey()
+
+    @new.versioned_task(version=2, name="shop.ship")
+    def ship(order: int, carrier: str) -> None: ...
+
+    @new.upcaster("shop.ship", from_version=1)
+    def pick_carrier(payload: dict[str, Any]) -> dict[str, Any]:
+        carriers = {"eu": "dhl"}
+        return {**payload, "carrier": carriers[payload["region"]]}
+
+    ship_v1(5)
+    with running_consumer(new):
+        wait_for(lambda: len(new.dead_letters) == 1)
+    (entry,) = new.dead_letters
+    assert entry.reason == "upcast_failed"
+    first, *trace = entry.error.splitlines()
+    assert first == (
+        f"Upcaster {__name__}.test_an_upcast_failed_dead_letter_names_the_upcaster_and_"
+        f"carries_its_traceback.<locals>.pick_carrier of 'shop.ship' from version 1 to 2 "
+        f"raised KeyError: 'region'; fix it and replay."
+    )
+    assert trace[0] == "Traceback (most recent call last):"
+    assert any('carriers[payload["region"]]' in line for line in trace)
+    assert trace[-1] == "KeyError: 'region'"

@@ -87,10 +87,24 @@ def test_the_error_tree_is_exported() -> None:
     }
 
 
-@pytest.mark.parametrize("name", [n for n in ERROR_CLASSES if n != "RemoteException"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        n
+        for n in ERROR_CLASSES
+        if n != "RemoteException" and not issubclass(getattr(versioned_tasks, n), Warning)
+    ],
+)
 def test_every_error_derives_from_versioned_task_error(name: str) -> None:
     """Every error class the library raises is a VersionedTaskError."""
     assert issubclass(getattr(versioned_tasks, name), VersionedTaskError)
+
+
+def test_the_one_warning_is_a_user_warning() -> None:
+    """SchemaWarning goes through :mod:`warnings`, so filters and ``-W error`` apply."""
+    warnings = [n for n in ERROR_CLASSES if issubclass(getattr(versioned_tasks, n), Warning)]
+    assert warnings == ["SchemaWarning"]
+    assert issubclass(versioned_tasks.SchemaWarning, UserWarning)
 
 
 def test_remote_exception_is_a_value_not_a_library_error() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -13,7 +14,13 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, create_model
 from strategies import Step, chains
 
-from versioned_tasks import SchemaError, VersionedHuey, VersionedMemoryHuey, VersionedTaskWrapper
+from versioned_tasks import (
+    SchemaError,
+    SchemaWarning,
+    VersionedHuey,
+    VersionedMemoryHuey,
+    VersionedTaskWrapper,
+)
 
 Setup = Callable[[VersionedHuey], None]
 
@@ -433,3 +440,60 @@ def test_a_gap_in_a_random_chain_is_a_schema_error(
     ):
         app.dequeue()
     assert app.pending_count() == 1
+
+
+# -- hints for names that are almost right -------------------------------------------
+
+
+def test_an_upcaster_for_an_undeclared_task_suggests_the_closest_name() -> None:
+    huey = VersionedMemoryHuey("hints")
+
+    @huey.versioned_task(version=2, name="mail.send_email")
+    def send_email(to: str) -> None: ...
+
+    @huey.upcaster("mail.send_emial", from_version=1)
+    def step(payload: dict[str, Any]) -> dict[str, Any]:
+        return payload
+
+    huey.rename("mail.old_send", "mail.send_emal")
+    with pytest.raises(SchemaError) as info:
+        huey.check_schemas()
+    text = str(info.value)
+    assert "Upcasters for 'mail.send_emial'" in text
+    assert "(did you mean 'mail.send_email'?)" in text
+    assert "'mail.send_emal' is not a declared task (did you mean 'mail.send_email'?)" in text
+
+
+def test_a_rename_or_tombstone_that_looks_like_a_typo_warns() -> None:
+    huey = VersionedMemoryHuey("typos")
+
+    @huey.versioned_task(version=1, name="mail.send_email")
+    def send_email(to: str) -> None: ...
+
+    @huey.versioned_task(version=1, name="mail.deliver")
+    def deliver(to: str) -> None: ...
+
+    # Meant rename("mail.send_email", ...): the declared task would never be redirected.
+    huey.rename("mail.send_emails", "mail.deliver")
+    huey.tombstone("mail.sendemail")
+    with pytest.warns(SchemaWarning) as record:
+        huey.check_schemas()
+    messages = sorted(str(w.message) for w in record)
+    assert len(messages) == 2
+    assert messages[0].startswith("rename('mail.send_emails', 'mail.deliver'): no task")
+    assert "looks like a typo (did you mean 'mail.send_email'?)" in messages[0]
+    assert messages[1].startswith("tombstone('mail.sendemail'): no task is declared")
+
+
+def test_an_ordinary_rename_does_not_warn() -> None:
+    """A rename from a versioned-looking old name to the task it became is not a typo."""
+    huey = VersionedMemoryHuey("no_typos")
+
+    @huey.versioned_task(version=1, name="mail.send_email")
+    def send_email(to: str) -> None: ...
+
+    huey.rename("mail.send_email_v1", "mail.send_email")
+    huey.tombstone("reports.legacy_export")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        huey.check_schemas()

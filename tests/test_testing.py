@@ -159,8 +159,9 @@ def test_a_failing_upcaster_is_named_with_its_input() -> None:
 
     assert str(caught.value).splitlines() == [
         f"Task {INVOICE!r} version 1 would be dead-lettered as 'upcast_failed' by the worker: "
-        f"Upcaster of {INVOICE!r} from version 2 to 3 raised ValueError: not enough values "
-        f"to unpack (expected 2, got 1)",
+        f"Upcaster test_testing.invoice_app.<locals>.split_name of {INVOICE!r} from version "
+        f"2 to 3 raised ValueError: not enough values to unpack (expected 2, got 1); fix it "
+        f"and replay.",
         "  upcaster test_testing.invoice_app.<locals>.add_currency (from_version=1): ok",
         "  failing upcaster: test_testing.invoice_app.<locals>.split_name (from_version=2) "
         "raised ValueError: not enough values to unpack (expected 2, got 1)",

@@ -1,19 +1,30 @@
 """Typed, versioned Huey tasks whose old messages are migrated, redirected or
 dead-lettered, never lost.
 
-    from versioned_tasks import VersionedSqliteHuey
+    from versioned_tasks import VersionedSqliteHuey, upcaster, versioned_task
 
-    huey = VersionedSqliteHuey("billing", filename="queue.db")
+    huey = VersionedSqliteHuey("billing", filename="queue.db", default=True)
 
-    @huey.versioned_task(version=2, name="billing.send_invoice")
+    @versioned_task(version=2, name="billing.send_invoice")
     def send_invoice(invoice_id: int, currency: str) -> None: ...
 
-    @huey.upcaster("billing.send_invoice", from_version=1)
+    @upcaster("billing.send_invoice", from_version=1)
     def add_currency(payload: dict) -> dict:
         return {**payload, "currency": "EUR"}
 """
 
 from ._version import __version__
+from .app.declare import (
+    DeclaredTask,
+    default_app,
+    downcaster,
+    rename,
+    set_default_app,
+    tombstone,
+    upcaster,
+    versioned_periodic_task,
+    versioned_task,
+)
 from .app.fleet import WorkerInfo, live_workers, readable_versions
 from .app.huey import (
     VersionedFileHuey,
@@ -41,6 +52,7 @@ from .exceptions import (
     MessageRejected,
     ReplayFailed,
     SchemaError,
+    SchemaWarning,
     SignatureError,
     VersionedTaskError,
 )
@@ -61,6 +73,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterStore",
+    "DeclaredTask",
     "DecodeError",
     "DeferredMessage",
     "DowncastFailed",
@@ -75,6 +88,7 @@ __all__ = [
     "ReplayFailed",
     "RetiredMessage",
     "SchemaError",
+    "SchemaWarning",
     "SignatureError",
     "VersionedFileHuey",
     "VersionedHuey",
@@ -90,7 +104,15 @@ __all__ = [
     "VersionedTaskWrapper",
     "WorkerInfo",
     "__version__",
+    "default_app",
+    "downcaster",
     "live_workers",
     "readable_versions",
+    "rename",
+    "set_default_app",
     "take_census",
+    "tombstone",
+    "upcaster",
+    "versioned_periodic_task",
+    "versioned_task",
 ]

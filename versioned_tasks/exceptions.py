@@ -38,6 +38,7 @@ __all__ = [
     "MessageRejected",
     "ReplayFailed",
     "SchemaError",
+    "SchemaWarning",
     "SignatureError",
     "VersionedTaskError",
 ]
@@ -92,6 +93,13 @@ class SchemaError(VersionedTaskError):
     def __init__(self, message: str, *, task: str | None = None) -> None:
         self.task = task
         super().__init__(message)
+
+
+class SchemaWarning(UserWarning):
+    """A declaration that works but looks like a mistake (a rename or tombstone
+    whose name resembles a declared task): issued by ``huey.check_schemas()``
+    through :mod:`warnings`.
+    """
 
 
 class ConfigurationError(VersionedTaskError):

@@ -239,9 +239,10 @@ def _explain(
             f"current payload to upcast to."
         )
     assert isinstance(outcome, Rejected)
-    lines = [
-        f"{subject} would be dead-lettered as {outcome.reason!r} by the worker: {outcome.error}"
-    ]
+    # The lines below name the failing upcaster and its input; the worker's
+    # traceback (the rest of the error) would repeat them.
+    error = outcome.error.partition("\n")[0]
+    lines = [f"{subject} would be dead-lettered as {outcome.reason!r} by the worker: {error}"]
     lines.extend(_trace(huey, name, version, payload, outcome.reason))
     return "\n".join(lines)
 

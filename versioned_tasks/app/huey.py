@@ -87,6 +87,7 @@ from ..storage.reliable import InflightLists, Slot
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
 from ..wire.values import register_model
+from .declare import set_default_app
 from .dispatch import Dispatcher, dequeued_bytes, remember_dequeued
 from .fleet import (
     DEFAULT_FLEET_INTERVAL,
@@ -270,6 +271,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             Only the consumer's own thread and process workers pop this way.
             Refused (``ConfigurationError``) on other storages, including the
             priority Redis storages, and with ``fleet=False``.
+        default: make this the process's default app, the one that module-level
+            declarations (``from versioned_tasks import versioned_task``) bind
+            to; every declaration made so far is applied to it now. Refused
+            (``ConfigurationError``) when another app already is the default.
         **huey_kwargs: every other Huey option (``results``, ``utc``,
             ``immediate``, storage options such as ``filename`` or ``url``, ...).
 
@@ -294,6 +299,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         fleet: bool | None = None,
         fleet_interval: float = DEFAULT_FLEET_INTERVAL,
         reliable: bool | None = None,
+        default: bool = False,
         **huey_kwargs: Any,
     ) -> None:
         serializer = _check_serializer(serializer, huey_kwargs)
@@ -336,6 +342,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self.inflight = (
             InflightLists(self.storage, required=reliable is True) if self.reliable else None
         )
+        if default:
+            set_default_app(self)
 
     def __repr__(self) -> str:
         return (

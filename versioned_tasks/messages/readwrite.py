@@ -21,6 +21,7 @@ import datetime
 import logging
 import math
 import time
+import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
@@ -420,19 +421,29 @@ def upcast(registry: SchemaRegistry, spec: TaskSpec, version: int, payload: Any)
         try:
             payload = step(payload)
         except Exception as exc:
+            trace = "".join(traceback.format_exception(exc)).rstrip()
             raise _Reject(
                 "upcast_failed",
-                f"Upcaster of {spec.name!r} from version {step_version} to "
-                f"{step_version + 1} raised {type(exc).__name__}: {exc}",
+                f"Upcaster {_function_name(step)} of {spec.name!r} from version "
+                f"{step_version} to {step_version + 1} raised {type(exc).__name__}: {exc}; "
+                f"fix it and replay.\n{trace}",
             ) from None
         if type(payload) is not dict:
             raise _Reject(
                 "upcast_failed",
-                f"Upcaster of {spec.name!r} from version {step_version} to "
-                f"{step_version + 1} returned {type(payload).__name__}, not a dict.",
+                f"Upcaster {_function_name(step)} of {spec.name!r} from version "
+                f"{step_version} to {step_version + 1} returned {type(payload).__name__}, "
+                f"not a dict; make it return the payload and replay.",
             )
     result: dict[str, Any] = payload
     return result
+
+
+def _function_name(func: Callable[..., Any]) -> str:
+    """``module.qualname`` of an upcaster, for the messages that name it."""
+    module = getattr(func, "__module__", None)
+    name = getattr(func, "__qualname__", None) or repr(func)
+    return f"{module}.{name}" if module else name
 
 
 def _validate(

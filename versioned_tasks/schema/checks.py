@@ -4,9 +4,11 @@ downcaster chains, emit pins, renames, tombstones), run before a worker reads.
 
 from __future__ import annotations
 
+import difflib
+import warnings
 from collections.abc import Iterable, Mapping
 
-from ..exceptions import SchemaError
+from ..exceptions import SchemaError, SchemaWarning
 from .registry import Downcaster, SchemaRegistry, TaskSpec, Upcaster
 
 __all__ = ["check_registry"]
@@ -26,6 +28,8 @@ def check_registry(registry: SchemaRegistry, plain_tasks: Iterable[str] = ()) ->
         *_check_renames(registry, known),
         *_check_tombstones(registry, known),
     ]
+    for message in _likely_typos(registry):
+        warnings.warn(SchemaWarning(message), stacklevel=3)
     if problems:
         first_task = problems[0][0]
         text = "\n".join(f"- {message}" for _, message in problems)
@@ -41,8 +45,8 @@ def _check_upcasters(registry: SchemaRegistry) -> Iterable[tuple[str, str]]:
                 task,
                 (
                     f"Upcasters for {task!r} (from versions {sorted(steps)}) name a task "
-                    f"that is not declared; declare it with "
-                    f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                    f"that is not declared{_did_you_mean(task, registry.specs)}; declare it "
+                    f"with @huey.versioned_task(version=N, name={task!r}) or remove them."
                 ),
             )
             continue
@@ -57,8 +61,9 @@ def _check_downcasters(registry: SchemaRegistry) -> Iterable[tuple[str, str]]:
                 task,
                 (
                     f"Downcasters for {task!r} (from versions {sorted(steps)}) name a "
-                    f"task that is not declared; declare it with "
-                    f"@huey.versioned_task(version=N, name={task!r}) or remove them."
+                    f"task that is not declared{_did_you_mean(task, registry.specs)}; "
+                    f"declare it with @huey.versioned_task(version=N, name={task!r}) or remove "
+                    f"them."
                 ),
             )
             continue
@@ -88,9 +93,50 @@ def _check_renames(registry: SchemaRegistry, known: set[str]) -> Iterable[tuple[
             yield (
                 old,
                 (
-                    f"rename({old!r}, {new!r}): {target!r} is not a declared task; "
-                    f"declare it, or tombstone it if it was retired."
+                    f"rename({old!r}, {new!r}): {target!r} is not a declared "
+                    f"task{_did_you_mean(target, known)}; declare it, or tombstone it if "
+                    f"it was retired."
                 ),
+            )
+
+
+def _did_you_mean(name: str, names: Iterable[str], cutoff: float = 0.75) -> str:
+    """`` (did you mean 'x'?)`` for the declared names closest to ``name``, or nothing."""
+    close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=cutoff)
+    if not close:
+        return ""
+    return f" (did you mean {' or '.join(repr(match) for match in close)}?)"
+
+
+#: How alike two names must be (difflib's ratio) for one to look like a typo of the
+#: other: a letter or two apart ('send_emails', 'sendemail' for 'send_email'), not
+#: a prefix or suffix word ('old_refund' for 'refund').
+_TYPO = 0.9
+
+
+def _likely_typos(registry: SchemaRegistry) -> Iterable[str]:
+    """Renames and tombstones whose name is no task but resembles a declared one."""
+    runnable = set(registry.specs) - set(registry.renames) - set(registry.tombstones)
+    for old, new in sorted(registry.renames.items()):
+        if old in registry.specs:
+            continue
+        others = runnable - {new, _final_target(registry, old)}
+        hint = _did_you_mean(old, others, _TYPO)
+        if hint:
+            yield (
+                f"rename({old!r}, {new!r}): no task is declared as {old!r}, which looks "
+                f"like a typo{hint}; if that task is the one renamed, fix the old name "
+                f"and remove its declaration."
+            )
+    for task in sorted(registry.tombstones):
+        if task in registry.specs:
+            continue
+        hint = _did_you_mean(task, runnable, _TYPO)
+        if hint:
+            yield (
+                f"tombstone({task!r}): no task is declared as {task!r}, which looks like "
+                f"a typo{hint}; if that task is the one retired, fix the name and remove "
+                f"its declaration."
             )
 
 
