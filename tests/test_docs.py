@@ -116,7 +116,13 @@ def _page_runner(blocks_file: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(block["code"], encoding="utf-8")
         module = path.with_suffix("").as_posix().replace("/", ".")
-        sys.modules.pop(module, None)  # a later block may rewrite the same file
+        if module in sys.modules:
+            # A later block rewrote the file: import it as a new process would,
+            # without the module-level declarations and default app of the old one.
+            del sys.modules[module]
+            declare = sys.modules.get("versioned_tasks.app.declare")
+            if declare is not None:
+                declare._DECLARATIONS.__init__()
         importlib.invalidate_caches()
         importlib.import_module(module)
 
