@@ -10,7 +10,8 @@ What it gives:
 
 - every ``<payloads>/<task>/v<N>/<case>.json`` becomes a collected test that
   fails, naming the file, task, version and the upcaster step or field, when
-  the payload does not upcast and validate against today's model;
+  the payload does not upcast and validate against today's model, or, when a
+  ``<case>.expected.json`` lies beside it, upcasts to something else;
 - the ``versioned_huey`` fixture: the configured app in immediate mode for
   the test (tasks run when called, on an in-memory storage; the app's own
   storage is put back afterwards);
@@ -208,7 +209,7 @@ def versioned_tasks_lock(request: pytest.FixtureRequest) -> Path:
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> CorpusFile | None:
     """Collect each ``.json`` file under the corpus, when an app is configured."""
-    if file_path.suffix != ".json":
+    if file_path.suffix != ".json" or file_path.name.endswith(testing.EXPECTED_SUFFIX):
         return None
     settings = parent.config.stash[_SETTINGS]
     if not settings.app or not file_path.is_relative_to(settings.payloads):

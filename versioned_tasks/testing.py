@@ -29,7 +29,6 @@ import json
 import logging
 import os
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -44,6 +43,7 @@ from .app.huey import VersionedHuey, VersionedTaskWrapper
 from .exceptions import ConfigurationError, DecodeError, SchemaError, VersionedTaskError
 from .messages.readwrite import Newer, Rejected, Retired
 from .ops.lock import DEFAULT_LOCK_PATH, is_directory_name, read_lock, version_schema
+from .ops.payloads import current_payload, read_payload
 from .schema.registry import TaskSpec
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ Scrub = Callable[[str, int, dict[str, Any]], "dict[str, Any] | None"]
 Source = Literal["queue", "schedule", "dead_letters"]
 
 _SOURCES: Final = ("queue", "schedule", "dead_letters")
-_CASE_ID: Final = "versioned-tasks-testing"
 _VERSION_DIR: Final = re.compile(r"v([1-9][0-9]{0,8})")
 _UNSAFE: Final = re.compile(r"[^A-Za-z0-9._-]+")
 _SHOWN: Final = 600  # characters of a payload shown in a failure message
@@ -190,33 +189,17 @@ def _upcast(
             f"object of named fields."
         )
     try:
-        body = orjson.dumps(dict(payload))
+        outcome = read_payload(huey, name, version, payload)
     except (orjson.JSONEncodeError, TypeError) as exc:
         raise AssertionError(
             f"{subject}: the payload is not what an envelope carries ({exc}); write it in "
             f"JSON form (strings for dates and decimals, base64 for bytes, 64-bit integers)."
         ) from None
-    header = {"kind": "task", "task": name, "v": version, "id": _CASE_ID, "at": time.time()}
-    try:
-        raw = huey.message_writer.frame(orjson.dumps(header), body)
     except VersionedTaskError as exc:  # over the serializer's max_size or max_depth
         raise AssertionError(f"{subject}: no envelope can carry this payload: {exc}") from None
-    outcome = huey.message_reader.read(raw)
     if isinstance(outcome, Task):
-        return _current_payload(huey, name, outcome)
+        return current_payload(huey, name, outcome)
     raise AssertionError(_explain(huey, subject, name, version, payload, outcome))
-
-
-def _current_payload(huey: VersionedHuey, name: str, task: Task) -> dict[str, Any]:
-    spec = huey.schema.specs.get(huey.schema.resolve(name))
-    if spec is None:  # a plain Huey task: its keyword arguments as read
-        return dict(task.kwargs)
-    # The arguments the function gets: defaults the payload leaves out included.
-    value = task.args[0] if spec.model is not None else {**spec.defaults, **task.kwargs}
-    current: dict[str, Any] = orjson.loads(
-        spec.serializer.to_json(value, by_alias=True, round_trip=True)
-    )
-    return current
 
 
 def _explain(
@@ -379,7 +362,20 @@ def _check_case(huey: VersionedHuey, case: _CorpusCase) -> dict[str, Any] | None
             f"its messages are dead-lettered as 'retired'. Give the tombstone a handler, "
             f"or delete {case.path.parent.parent} if dead-lettering them is intended."
         )
-    return _upcast(huey, case.task, case.version, payload, where)
+    result = _upcast(huey, case.task, case.version, payload, where)
+    expected_path = case.path.with_name(case.path.stem + EXPECTED_SUFFIX)
+    if expected_path.is_file():
+        try:
+            expected = json.loads(expected_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise AssertionError(
+                f"{where}{expected_path} cannot be read as JSON ({exc})."
+            ) from None
+        try:
+            _assert_expected(case.task, case.version, result, expected)
+        except AssertionError as exc:
+            raise AssertionError(f"{where}not what {expected_path.name} expects: {exc}") from None
+    return result
 
 
 def _retired_outcome(huey: VersionedHuey, task: str) -> bool | None:
@@ -388,9 +384,15 @@ def _retired_outcome(huey: VersionedHuey, task: str) -> bool | None:
     return None if tomb is None else tomb.handler is not None
 
 
+#: The suffix of a case's expected result: ``<case>.expected.json`` beside ``<case>.json``.
+EXPECTED_SUFFIX: Final = ".expected.json"
+
+
 def _corpus_files(root: Path) -> list[Path]:
-    """Every ``*.json`` file under ``root``, sorted."""
-    return sorted(p for p in root.rglob("*.json") if p.is_file())
+    """Every case file under ``root`` (``*.json`` but not ``*.expected.json``), sorted."""
+    return sorted(
+        p for p in root.rglob("*.json") if p.is_file() and not p.name.endswith(EXPECTED_SUFFIX)
+    )
 
 
 def check_corpus(huey: VersionedHuey, directory: str | os.PathLike[str]) -> int:
@@ -399,9 +401,11 @@ def check_corpus(huey: VersionedHuey, directory: str | os.PathLike[str]) -> int:
     Each file holds one payload (named fields, JSON) written at version N of
     the task named by its directory (the name on the wire: renamed tasks keep
     their old directory). Each must upcast and validate against today's model
-    through the app's read pipeline. A case of a task retired by a tombstone
-    with a handler passes (the handler gets such messages); without a handler
-    it fails, since the worker dead-letters those messages.
+    through the app's read pipeline, and, when ``<case>.expected.json`` lies
+    beside it, upcast to exactly that payload (JSON types compared). A case of
+    a task retired by a tombstone with a handler passes (the handler gets such
+    messages); without a handler it fails, since the worker dead-letters those
+    messages.
 
     Returns:
         The number of cases checked.

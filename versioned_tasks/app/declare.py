@@ -17,6 +17,10 @@ raises :class:`~versioned_tasks.ConfigurationError` naming the fix.
 from __future__ import annotations
 
 import datetime
+import importlib
+import importlib.util
+import pkgutil
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -25,7 +29,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar, cast, overlo
 from huey.api import Task, TaskWrapper
 from pydantic import BaseModel
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, SchemaError
 from ..messages.readwrite import RetiredMessage
 from ..schema.registry import Downcaster, TaskSpec, Upcaster, build_spec
 
@@ -33,8 +37,11 @@ if TYPE_CHECKING:
     from .huey import VersionedHuey, VersionedTaskWrapper
 
 __all__ = [
+    "MIGRATIONS_PACKAGE",
     "DeclaredTask",
     "default_app",
+    "default_app_or_none",
+    "discover_migrations",
     "downcaster",
     "rename",
     "set_default_app",
@@ -120,6 +127,13 @@ class _Declarations:
 
 _DECLARATIONS = _Declarations()
 
+#: The package beside a task's module that holds its migrations (the
+#: ``@upcaster`` modules ``versioned-tasks makemigrations`` writes).
+MIGRATIONS_PACKAGE = "task_migrations"
+#: Migration packages looked for already, found or not (once per process).
+_DISCOVERED: set[str] = set()
+_DISCOVER_LOCK = threading.Lock()
+
 
 def set_default_app(app: VersionedHuey | None) -> None:
     """Make ``app`` the process's default app, or clear it with None.
@@ -133,6 +147,11 @@ def set_default_app(app: VersionedHuey | None) -> None:
         SchemaError: a declaration that ``app`` refuses (a task declared twice, ...).
     """
     _DECLARATIONS.set_default(app)
+
+
+def default_app_or_none() -> VersionedHuey | None:
+    """The process's default app, or None."""
+    return _DECLARATIONS.default
 
 
 def default_app() -> VersionedHuey:
@@ -404,3 +423,65 @@ def tombstone(task: str, /, handler: Any = None) -> Any:
     if handler is not None:
         return decorator(handler)
     return decorator
+
+
+def discover_migrations(specs: Iterable[TaskSpec]) -> None:
+    """Import the ``task_migrations`` package beside each task's module, and its modules.
+
+    ``versioned-tasks makemigrations`` writes there; the app calls this from
+    ``check_schemas()``, so a written step is registered (with the default
+    app) wherever the app is checked: at consumer start, on the first
+    dequeue, in the CLI. Each package is looked for once per process.
+
+    Raises:
+        SchemaError: a migration module that does not import, naming it.
+    """
+    packages = {_package_of(spec) for spec in specs}
+    for package in sorted(p for p in packages if p is not None):
+        with _DISCOVER_LOCK:
+            if package in _DISCOVERED:
+                continue
+            _DISCOVERED.add(package)
+        _import_migrations(package)
+
+
+def _package_of(spec: TaskSpec) -> str | None:
+    """``<package of the task's module>.task_migrations`` (top-level beside a top-level module)."""
+    if spec.func is None:
+        return None
+    name = spec.func.__module__
+    module = sys.modules.get(name)
+    if module is None or getattr(module, "__file__", None) is None:
+        return None
+    parent = name if hasattr(module, "__path__") else name.rpartition(".")[0]
+    return f"{parent}.{MIGRATIONS_PACKAGE}" if parent else MIGRATIONS_PACKAGE
+
+
+def _import_migrations(package: str) -> None:
+    try:
+        if importlib.util.find_spec(package) is None:
+            return
+    except (ImportError, ValueError):
+        return
+    for name in [package, *_submodules(package)]:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise SchemaError(
+                f"The migration module {name!r} does not import ({type(exc).__name__}: "
+                f"{exc}); fix it or remove it."
+            ) from exc
+
+
+def _submodules(package: str) -> list[str]:
+    try:
+        module = importlib.import_module(package)
+    except Exception as exc:
+        raise SchemaError(
+            f"The migration package {package!r} does not import ({type(exc).__name__}: "
+            f"{exc}); fix it or remove it."
+        ) from exc
+    path = getattr(module, "__path__", None)
+    if path is None:
+        return []
+    return sorted(f"{package}.{info.name}" for info in pkgutil.iter_modules(path))

@@ -87,7 +87,7 @@ from ..storage.reliable import InflightLists, Slot
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
 from ..wire.values import register_model
-from .declare import set_default_app
+from .declare import discover_migrations, set_default_app
 from .dispatch import Dispatcher, dequeued_bytes, remember_dequeued
 from .fleet import (
     DEFAULT_FLEET_INTERVAL,
@@ -316,6 +316,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters_storage: Any = None
         self._dead_letters_lock = threading.Lock()
         self._atomic_sql: AtomicSql | None = None
+        #: How many tasks were declared when migrations packages were last looked for.
+        self._migrations_seen = 0
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
         self._dispatch = Dispatcher(self)
         self._reader = Reader(
@@ -476,6 +478,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
         def decorator(func: Callable[..., Any]) -> VersionedTaskWrapper[..., Any]:
             func = func.func if isinstance(func, TaskWrapper) else func
+            written = func
             logical = name or f"{func.__module__}.{func.__name__}"
             if result_model is not None:
                 func = _returning(func, logical, version, result_model)
@@ -486,6 +489,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 args_model=args_model,
                 context=bool(huey_task_options.get("context", False)),
             )
+            spec.func = written
             spec.result_model = result_model
             spec.allow_compatible_changes = allow_compatible_changes
             spec.newer_version = newer_version
@@ -656,9 +660,15 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def check_schemas(self) -> None:
         """Check every task, upcaster chain, rename and tombstone together.
 
+        First imports the ``task_migrations`` package beside each task's module
+        (where ``versioned-tasks makemigrations`` writes its steps), once per
+        process.
+
         Raises:
             SchemaError: naming each problem, the task, the versions and the fix.
         """
+        self._migrations_seen = len(self.schema.specs)
+        discover_migrations(self.schema.specs.values())
         plain = (
             key
             for key, task_class in self._registry._registry.items()
@@ -772,6 +782,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
     def serialize_task(self, task: Task) -> bytes:
         """Validate a task's arguments and write its envelope."""
+        if len(self.schema.specs) != self._migrations_seen:
+            # A producer pinned to an older version writes through downcasters
+            # that may live in a migrations package: import it before writing.
+            self._migrations_seen = len(self.schema.specs)
+            discover_migrations(self.schema.specs.values())
         return self._writer.encode(task)
 
     def enqueue(self, task: Any) -> Any:

@@ -11,6 +11,8 @@
     versioned-tasks lock   --app module.attr [--lock PATH]
     versioned-tasks check  --app module.attr [--lock PATH] [--frozen]
     versioned-tasks schema --app module.attr [--task NAME] [--out DIR] [--lock PATH]
+    versioned-tasks makemigrations --app module.attr [--task NAME] [--name SLUG]
+                  [--rename-field TASK:OLD=NEW] [--write-version] [--dry-run]
     versioned-tasks census --app module.attr [--json]
     versioned-tasks fleet  --app module.attr [--json]
 
@@ -45,6 +47,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._version import __version__
+from ..app import declare as _declare
 from ..app import fleet as _fleet
 from ..app.huey import VersionedHuey
 from ..app.loader import import_app
@@ -61,6 +64,7 @@ from ..messages import legacy as _legacy
 from ..messages.readwrite import REASONS
 from ..ops import census as _census
 from ..ops import lock as _lock
+from ..ops import makemigrations as _makemigrations
 from ..ops import migrate_queue as _migrate_queue
 from ..storage.deadletters import DeadLetter
 from ..wire import envelope as _envelope
@@ -677,6 +681,12 @@ def check_command(app_path: str, lock_path: Path, frozen: bool) -> None:
     checked = f"{len(app.schema.specs)} tasks checked against {lock_path}"
     if review.problems:
         _line(console, f"{len(review.problems)} problem(s); {checked}.")
+        if any(p.kind in ("schema_changed", "missing_upcaster") for p in review.problems):
+            _line(
+                console,
+                f"Run `versioned-tasks makemigrations --app {app_path}` to write the missing "
+                f"steps.",
+            )
         sys.exit(EXIT_PROBLEMS)
     _line(console, f"No problems; {checked}.")
 
@@ -746,6 +756,147 @@ def _write_schema(out_dir: Path, task: str, version: int, document: Any) -> Path
         encoding="utf-8",
     )
     return path
+
+
+# -- makemigrations ---------------------------------------------------------------------------
+
+
+@main.command("makemigrations", short_help="Write the upcasters the lock diff asks for.")
+@_app_option
+@_lock_option
+@click.option("--task", "task", metavar="NAME", help="Only this task (its logical name).")
+@click.option(
+    "--name",
+    "slug",
+    default=_makemigrations.DEFAULT_SLUG,
+    show_default=True,
+    metavar="SLUG",
+    help="The corpus case's file name: <payloads>/<task>/v<N>/<SLUG>.json.",
+)
+@click.option(
+    "--rename-field",
+    "rename_fields",
+    multiple=True,
+    metavar="TASK:OLD=NEW",
+    help="A field renamed between the locked version and today's (repeatable).",
+)
+@click.option(
+    "--write-version",
+    is_flag=True,
+    help="Also raise the version in the task's decorator, when it is a literal.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    help="Write the migration modules here (default: task_migrations/ beside each task).",
+)
+@click.option(
+    "--payloads",
+    "payloads",
+    type=click.Path(path_type=Path),
+    default=Path("tests/payloads"),
+    show_default=True,
+    help="The payload corpus the cases are written to.",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
+@_handles_errors
+def makemigrations_command(
+    app_path: str,
+    lock_path: Path,
+    task: str | None,
+    slug: str,
+    rename_fields: tuple[str, ...],
+    write_version: bool,
+    out_dir: Path | None,
+    payloads: Path,
+    dry_run: bool,
+) -> None:
+    """Write the upcaster each changed task needs, its corpus case, and the version bump.
+
+    For every task whose schema changed against the lock without the upcaster
+    chain to match: a module task_migrations/<task>_v<N>_to_v<N+1>.py with a
+    module-level @upcaster (complete for the mechanical changes, raising
+    NotImplementedError where a person must decide), a corpus case from the
+    locked schema, and the one-line version bump. Files that exist are never
+    overwritten: the same content is left alone, other content is refused
+    (exit 1). The app imports task_migrations packages when it checks its schemas.
+    """
+    lock = _lock.read_lock(lock_path)
+    app = load_app(app_path)
+    if _declare.default_app_or_none() is not app:
+        raise CannotRun(
+            f"makemigrations writes module-level @upcaster declarations, which bind to the "
+            f"default app, and app {app.name!r} ({app_path}) is not it; create it with "
+            f"default=True, or call versioned_tasks.set_default_app(huey) where it is made."
+        )
+    steps = _makemigrations.plan_migrations(
+        app,
+        lock,
+        task=task,
+        slug=slug,
+        field_renames=_makemigrations.parse_field_renames(rename_fields),
+        out=out_dir,
+        payloads=payloads,
+    )
+    console = _console()
+    if not steps:
+        _line(console, f"No missing steps: every upcaster chain matches {lock_path}.")
+        return
+    refused = 0
+    verb = {"created": "Would write" if dry_run else "Wrote", "unchanged": "Unchanged"}
+    for step in steps:
+        _line(console, _step_line(step))
+        if step.bump:
+            _line(console, _bump_line(app, step, write_version and not dry_run))
+        for written in _makemigrations.write_step(step, dry_run=dry_run):
+            if written.status == "refused":
+                refused += 1
+                _line(
+                    console,
+                    f"  Refused {written.path}: it exists with other content (edited by a "
+                    f"person?); move it away to write it again.",
+                )
+            else:
+                _line(console, f"  {verb[written.status]} {written.path}")
+        for note in step.notes:
+            _line(console, f"  note: {note}")
+    person = sum(not step.complete for step in steps)
+    _line(
+        console,
+        f"{len(steps)} step(s): {len(steps) - person} complete, {person} left for a person"
+        + (" (check fails until they are written)" if person else "")
+        + "; review them, then run `versioned-tasks check` and `versioned-tasks lock`.",
+    )
+    if refused:
+        sys.exit(EXIT_PROBLEMS)
+
+
+def _step_line(step: _makemigrations.Step) -> str:
+    where = f"Task {step.task!r} version {step.from_version} -> {step.from_version + 1}"
+    summary = _makemigrations.summary(step)
+    if step.complete:
+        return f"{where}: {summary} (complete)."
+    fields = ", ".join(repr(c.name) for c in step.changes if c.kind == "needs_person")
+    return f"{where}: {summary} (left for a person: {fields})."
+
+
+def _bump_line(app: VersionedHuey, step: _makemigrations.Step, write: bool) -> str:
+    spec = app.schema.specs[step.task]
+    edit = _makemigrations.edit_version(spec, step.from_version + 1, write=write)
+    if edit.path is None:
+        return (
+            f"  Raise the version of {step.task!r} to {step.from_version + 1} in its "
+            f"decorator (its source was not found)."
+        )
+    where = f"{edit.path}:{edit.line}"
+    if edit.new is None:
+        return (
+            f"  Raise the version of {step.task!r} to {step.from_version + 1} by hand at "
+            f"{where} (version= is not a literal there)."
+        )
+    done = "Raised the version" if write else "Raise the version (--write-version does it)"
+    return f"  {done} at {where}: {edit.old.strip()}  ->  {edit.new.strip()}"
 
 
 # -- census --------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from pydantic import PydanticUserError
 
 from ..exceptions import SchemaError
 from ..schema.diff import classify, order_set_values
+from ..schema.examples import example
 from ..schema.lockfile import (
     DEFAULT_LOCK_PATH,
     LOCK_FORMAT,
@@ -85,6 +86,7 @@ ProblemKind = Literal[
     "version_lowered",
     "invalid_declarations",
     "lock_out_of_date",
+    "upcaster_unwritten",
 ]
 
 
@@ -98,8 +100,10 @@ class Problem:
             ``missing_upcaster`` (no upcaster chain from a locked version),
             ``task_removed`` (a locked name gone without a rename or tombstone),
             ``version_lowered``, ``invalid_declarations`` (what
-            ``huey.check_schemas()`` refuses), or ``lock_out_of_date`` (only
-            with ``frozen=True``: ``versioned-tasks lock`` would change the file).
+            ``huey.check_schemas()`` refuses), ``upcaster_unwritten`` (a step,
+            as ``makemigrations`` leaves one for a person, that raises
+            ``NotImplementedError``), or ``lock_out_of_date`` (only with
+            ``frozen=True``: ``versioned-tasks lock`` would change the file).
         message: one line naming the task, the versions and the fix.
     """
 
@@ -274,6 +278,7 @@ def review_lock(huey: VersionedHuey, lock: Mapping[str, Any], *, frozen: bool = 
     for name, entry in sorted(lock["tasks"].items()):
         checker.locked_name(name, entry)
     checker.redirects()
+    review.problems.extend(_unwritten_steps(registry, lock))
     covered = {registry.resolve(name) for name in lock["tasks"]}
     for name in sorted(set(registry.specs) - covered):
         review.notes.append(f"Task {name!r} version {registry.specs[name].version} is new.")
@@ -286,6 +291,55 @@ def review_lock(huey: VersionedHuey, lock: Mapping[str, Any], *, frozen: bool = 
                 "these changes."
             )
     return review
+
+
+def _unwritten_steps(registry: SchemaRegistry, lock: Mapping[str, Any]) -> list[Problem]:
+    """Upcasters and downcasters that raise ``NotImplementedError`` on a plain payload.
+
+    Each step is called once, on an example of the version it reads (from the
+    lock, or today's model): a step ``makemigrations`` left for a person is
+    caught here, so ``check`` fails until it is written. Any other outcome of
+    the call is the corpus tests' business.
+    """
+    problems = []
+    for name, spec in sorted(registry.specs.items()):
+        versions = lock["tasks"].get(name, {}).get("versions", {})
+
+        def schema_of(version: int, spec: TaskSpec = spec, versions: Any = versions) -> Any:
+            if version == spec.version:
+                return task_schema(spec)
+            return versions.get(str(version), {}).get("schema")
+
+        steps = [
+            ("upcaster", v, v + 1, step) for v, step in registry.upcasters.get(name, {}).items()
+        ]
+        steps += [
+            ("downcaster", v, v - 1, step)
+            for v, step in registry.downcasters.get(name, {}).items()
+        ]
+        for kind, version, to, step in sorted(steps, key=lambda s: (s[0], s[1])):
+            schema = schema_of(version)
+            if schema is None:
+                continue
+            try:
+                step(copy.deepcopy(example(schema)))
+            except NotImplementedError as exc:
+                problems.append(
+                    Problem(
+                        name,
+                        "upcaster_unwritten",
+                        f"Task {name!r}: the {kind} {_qualified(step)} from version {version} "
+                        f"to {to} is not written yet (it raises NotImplementedError: {exc}); "
+                        f"write it, then run `versioned-tasks check` again.",
+                    )
+                )
+            except Exception:  # the corpus tests judge what a written step does
+                continue
+    return problems
+
+
+def _qualified(func: Any) -> str:
+    return f"{getattr(func, '__module__', '?')}.{getattr(func, '__qualname__', repr(func))}"
 
 
 def _out_of_date(lock: Mapping[str, Any], fresh: Mapping[str, Any]) -> Problem:

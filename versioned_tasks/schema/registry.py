@@ -125,6 +125,8 @@ class TaskSpec:
     #: The task's own newer-version policy (``defer`` or ``dead_letter``);
     #: None follows the app's ``newer_version``.
     newer_version: str | None = None
+    #: The function as the user wrote it (for tools that edit or locate it).
+    func: Callable[..., Any] | None = field(default=None, repr=False)
 
     # -- producer side -------------------------------------------------------
 
