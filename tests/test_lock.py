@@ -111,7 +111,9 @@ def problem_lines(result: Result) -> list[str]:
     return [
         line
         for line in result.stdout.splitlines()
-        if line and not line.startswith("note: ") and "checked against" not in line
+        if line
+        and not line.startswith(("note: ", "Run `versioned-tasks makemigrations"))
+        and "checked against" not in line
     ]
 
 
@@ -417,8 +419,10 @@ def test_schema_changed_without_a_bump_is_caught_as_breaking(
         "any more. Raise the version to 2 with @huey.upcaster('billing.send_invoice', "
         "from_version=1); then run `versioned-tasks lock`."
     ]
-    assert result.stdout.splitlines()[-1] == (
-        f"1 problem(s); 1 tasks checked against {DEFAULT_LOCK_PATH}."
+    summary, hint = result.stdout.splitlines()[-2:]
+    assert summary == f"1 problem(s); 1 tasks checked against {DEFAULT_LOCK_PATH}."
+    assert re.fullmatch(
+        r"Run `versioned-tasks makemigrations --app \S+` to write the missing steps\.", hint
     )
 
 
@@ -1069,7 +1073,7 @@ def test_every_problem_gets_its_own_line(runner: CliRunner, write_app: WriteApp)
         "'notifications.send_sms'",
         "'reports.export'",
     ]
-    assert result.stdout.splitlines()[-1].startswith("3 problem(s); 2 tasks checked")
+    assert result.stdout.splitlines()[-2].startswith("3 problem(s); 2 tasks checked")
 
 
 def test_check_lock_returns_problems_with_their_kind(write_app: WriteApp) -> None:

@@ -388,7 +388,7 @@ def test_the_written_step_reads_as_a_person_would_write_it(tmp_path: Path) -> No
             """Version 1 -> 2: rename 'email' to 'recipient_email'."""
             payload = dict(payload)
             # Guessed: 'email' became 'recipient_email' (one field went, one came,
-            # with the same schema); check it.
+            # with the same schema): check it, or say so with --rename-field.
             payload["recipient_email"] = payload.pop("email")
             return payload
         '''
@@ -436,7 +436,8 @@ def test_running_twice_writes_nothing_new_and_an_edited_module_is_refused(
     module.write_text(edited)
     third = project.run("makemigrations")
     assert third.returncode == 1
-    assert f"Refused {module}: it exists with other content" in third.stdout
+    shown = module.relative_to(tmp_path)
+    assert f"Refused {shown}: it exists with other content" in third.stdout
     assert module.read_text() == edited
 
 
@@ -457,9 +458,9 @@ def test_without_write_version_it_prints_the_one_line_change(tmp_path: Path) -> 
     made = project.run("makemigrations")
     assert made.returncode == 0
     assert (
-        f"Raise the version (--write-version does it) at {project.tasks}:3: "
-        f'@versioned_task(version=1, name="orders.send_receipt")  ->  '
-        f'@versioned_task(version=2, name="orders.send_receipt")'
+        "Raise the version (--write-version does it) at shop/tasks.py:3: "
+        '@versioned_task(version=1, name="orders.send_receipt")  ->  '
+        '@versioned_task(version=2, name="orders.send_receipt")'
     ) in made.stdout
     # Until the version is raised, the step goes past the current version: check says so.
     check = project.run("check")
@@ -533,3 +534,50 @@ def test_a_bad_rename_field_is_explained(tmp_path: Path) -> None:
     made = project.run("makemigrations", "--rename-field", "crm.send_welcome:nope=first_name")
     assert made.returncode == 2
     assert "the older version has fields ['email', 'full_name']" in made.stderr
+
+
+def test_the_migrations_page_shows_what_the_commands_print(tmp_path: Path) -> None:
+    """The workflow on docs/migrations.md is the real output of these commands."""
+    page = (ROOT / "docs" / "migrations.md").read_text()
+    project = Project(tmp_path, pkg="billing")
+    project.write_tasks(
+        """
+        from versioned_tasks import versioned_task
+
+
+        @versioned_task(version=1, name="billing.send_invoice")
+        def send_invoice(invoice_id: int, amount: int) -> str:
+            return f"invoice {invoice_id}"
+        """
+    )
+    assert project.run("lock").returncode == 0
+    project.write_tasks(
+        """
+        from versioned_tasks import versioned_task
+
+
+        @versioned_task(version=1, name="billing.send_invoice")
+        def send_invoice(invoice_id: int, total_cents: int, currency: str = "EUR") -> str:
+            return f"invoice {invoice_id} in {currency}"
+        """
+    )
+    app = "billing.app.huey"
+    outputs = []
+    for command in (
+        ["check"],
+        [
+            "makemigrations",
+            "--write-version",
+            "--rename-field",
+            "billing.send_invoice:amount=total_cents",
+        ],
+        ["check"],
+        ["lock"],
+    ):
+        done = project.run(*command, "--app", app, app=False)
+        outputs.append(f"$ versioned-tasks {' '.join([command[0], '--app', app, *command[1:]])}")
+        outputs.append(done.stdout.rstrip("\n"))
+    for block in outputs:
+        assert block in page, block
+    module = project.migrations / "billing_send_invoice_v1_to_v2.py"
+    assert f"```python {{.skip}}\n{module.read_text()}```" in page

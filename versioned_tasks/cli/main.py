@@ -854,11 +854,11 @@ def makemigrations_command(
                 refused += 1
                 _line(
                     console,
-                    f"  Refused {written.path}: it exists with other content (edited by a "
-                    f"person?); move it away to write it again.",
+                    f"  Refused {_shown(written.path)}: it exists with other content (edited "
+                    f"by a person?); move it away to write it again.",
                 )
             else:
-                _line(console, f"  {verb[written.status]} {written.path}")
+                _line(console, f"  {verb[written.status]} {_shown(written.path)}")
         for note in step.notes:
             _line(console, f"  note: {note}")
     person = sum(not step.complete for step in steps)
@@ -870,6 +870,14 @@ def makemigrations_command(
     )
     if refused:
         sys.exit(EXIT_PROBLEMS)
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the current directory when it is under it."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _step_line(step: _makemigrations.Step) -> str:
@@ -889,7 +897,7 @@ def _bump_line(app: VersionedHuey, step: _makemigrations.Step, write: bool) -> s
             f"  Raise the version of {step.task!r} to {step.from_version + 1} in its "
             f"decorator (its source was not found)."
         )
-    where = f"{edit.path}:{edit.line}"
+    where = f"{_shown(edit.path)}:{edit.line}"
     if edit.new is None:
         return (
             f"  Raise the version of {step.task!r} to {step.from_version + 1} by hand at "

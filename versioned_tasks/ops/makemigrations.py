@@ -500,6 +500,8 @@ def summary(step: Step) -> str:
             parts.append(f"drop {change.name!r}")
         elif change.kind == "renamed":
             parts.append(f"rename {change.name!r} to {change.new_name!r}")
+        elif change.old is None:
+            parts.append(f"fill the new {change.name!r}")
         else:
             parts.append(f"convert {change.name!r}")
     return "; ".join(parts) or "no field changed"
@@ -528,7 +530,7 @@ def _body(step: Step, summary: str) -> list[str]:
             *doc,
             *(["    payload = dict(payload)", *ops] if ops else []),
             "    raise NotImplementedError(",
-            f'        "{step.task} v{step.from_version} -> v{step.from_version + 1}: convert "',
+            f'        "{step.task} v{step.from_version} -> v{step.from_version + 1}: write "',
             f'        "{_escape(names)} (see the docstring), then return the payload."',
             "    )",
         ]
@@ -550,7 +552,7 @@ def _operations(changes: Sequence[Change]) -> list[str]:
                     f"    # Guessed: {change.name!r} became {change.new_name!r} (one field went, "
                     f"one came,"
                 )
-                ops.append("    # with the same schema); check it.")
+                ops.append("    # with the same schema): check it, or say so with --rename-field.")
             new, old = _literal(change.new_name), _literal(change.name)
             ops.append(f"    payload[{new}] = payload.pop({old})")
     return ops
