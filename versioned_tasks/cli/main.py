@@ -16,6 +16,10 @@
 
 ``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
 or ``package.module:attribute``; the current directory is importable.
+``VERSIONED_TASKS_APP`` gives every command its ``--app``. In a Django project
+(``DJANGO_SETTINGS_MODULE`` set, or ``--django-settings MODULE``) the project is
+set up and its apps' ``tasks`` modules imported first, and ``--app`` defaults to
+djhuey's instance.
 
 Exit codes: 0 when all went well, 1 when problems were found (a replay that
 still fails, a declined purge), 2 when the command could not run (an app that
@@ -115,30 +119,78 @@ def _line(console: Console, text: str) -> None:
 # -- loading the app -------------------------------------------------------------------
 
 
-def load_app(path: str) -> VersionedHuey:
+APP_VARIABLE = "VERSIONED_TASKS_APP"
+DJANGO_SETTINGS_VARIABLE = "DJANGO_SETTINGS_MODULE"
+
+
+def load_app(path: str | None) -> VersionedHuey:
     """Import ``package.module.attribute`` or ``package.module:attribute``.
 
+    In a Django project (``DJANGO_SETTINGS_MODULE`` set, or ``--django-settings``)
+    the project is set up and its apps' ``tasks`` modules imported first, and
+    ``path`` defaults to djhuey's instance.
+
     Raises:
-        CannotRun: the path is malformed, does not import (an exception, or
-            ``sys.exit()`` at import), or names no VersionedHuey.
+        CannotRun: no path and no Django project; the path is malformed, does
+            not import (an exception, or ``sys.exit()`` at import), or names no
+            VersionedHuey; the Django project does not load.
     """
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
+        if os.environ.get(DJANGO_SETTINGS_VARIABLE):
+            return _load_django_app(path)
+        if path is None:
+            raise CannotRun(
+                f"No app given: name it with --app package.module:attribute (or set "
+                f"{APP_VARIABLE}); in a Django project, set {DJANGO_SETTINGS_VARIABLE} or "
+                f"pass --django-settings to use djhuey's instance."
+            )
         return import_app(path, label=f"--app {path!r}")
     except ConfigurationError as exc:
         raise CannotRun(str(exc)) from None
 
 
+def _load_django_app(path: str | None) -> VersionedHuey:
+    # Django is imported by contrib only, and only when a project is asked for.
+    from ..contrib.djhuey.project import project_app, setup_project
+
+    setup_project()
+    if path is None:
+        return project_app()
+    return import_app(path, label=f"--app {path!r}")
+
+
+def _use_django_settings(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # As manage.py's --settings: the variable is what Django reads.
+    if value:
+        os.environ[DJANGO_SETTINGS_VARIABLE] = value
+
+
 def _app_option(func: F) -> F:
-    return click.option(
+    app = click.option(
         "--app",
         "app_path",
-        required=True,
+        envvar=APP_VARIABLE,
+        show_envvar=True,
         metavar="MODULE.ATTR",
-        help="The VersionedHuey app: 'package.module.attribute' or 'package.module:attribute'.",
-    )(func)
+        help=(
+            "The VersionedHuey app: 'package.module.attribute' or 'package.module:attribute' "
+            "(default in a Django project: djhuey's instance)."
+        ),
+    )
+    settings = click.option(
+        "--django-settings",
+        metavar="MODULE",
+        expose_value=False,
+        callback=_use_django_settings,
+        help=(
+            f"Set up this Django settings module first (as {DJANGO_SETTINGS_VARIABLE} does) "
+            f"and import the apps' tasks modules."
+        ),
+    )
+    return app(settings(func))
 
 
 def _handles_errors(func: F) -> F:
@@ -620,18 +672,45 @@ def _lock_option(func: F) -> F:
     )(func)
 
 
+def _allow_empty_option(func: F) -> F:
+    return click.option(
+        "--allow-empty",
+        is_flag=True,
+        help="Accept an app that declares no versioned task (otherwise exit 2).",
+    )(func)
+
+
+def _require_tasks(app: VersionedHuey, app_path: str | None, allow_empty: bool) -> None:
+    # A gate over an app with no task passes whatever changed: most often --app
+    # names the wrong instance, or the modules declaring the tasks were not imported.
+    if app.schema.specs or allow_empty:
+        return
+    where = f"--app {app_path!r}" if app_path else "djhuey's instance (settings.HUEY)"
+    raise CannotRun(
+        f"The app {app.name!r} ({where}) declares no versioned task, so there is nothing to "
+        f"lock or check. Point --app (or {APP_VARIABLE}) at the instance your tasks are "
+        f"declared on, in the module that declares them or imports them; in a Django "
+        f"project, set {DJANGO_SETTINGS_VARIABLE} or pass --django-settings so that the "
+        f"apps' tasks modules are imported. Pass --allow-empty if the app has no task on "
+        f"purpose."
+    )
+
+
 @main.command("lock", short_help="Write the app's schema lock file.")
 @_app_option
 @_lock_option
+@_allow_empty_option
 @_handles_errors
-def lock_command(app_path: str, lock_path: Path) -> None:
+def lock_command(app_path: str | None, lock_path: Path, allow_empty: bool) -> None:
     """Record every versioned task's version, argument schema and upcasters.
 
     An existing lock keeps its history: the entries of older versions stay, the
     current version's entry is refreshed. Commit the file; `check` compares the
-    app against it.
+    app against it. An app that declares no versioned task is refused (exit 2)
+    unless --allow-empty is given.
     """
     app = load_app(app_path)
+    _require_tasks(app, app_path, allow_empty)
     previous = _lock.read_lock(lock_path) if lock_path.exists() else None
     lock = _lock.build_lock(app, previous)
     console = _console()
@@ -656,18 +735,21 @@ def lock_command(app_path: str, lock_path: Path) -> None:
     is_flag=True,
     help="Also fail when `versioned-tasks lock` would change the lock file (for CI).",
 )
+@_allow_empty_option
 @_handles_errors
-def check_command(app_path: str, lock_path: Path, frozen: bool) -> None:
+def check_command(app_path: str | None, lock_path: Path, frozen: bool, allow_empty: bool) -> None:
     """Fail (exit 1) when a task changed in a way queued messages would not survive.
 
     One line per problem, with its fix: a schema changed without a version
     bump, a version bump without an upcaster chain from every locked version,
     a locked task gone without a rename or tombstone, a version gone down.
     With --frozen, a lock file that `versioned-tasks lock` would change (a new
-    task, a harmless change not recorded yet) is a problem too.
+    task, a harmless change not recorded yet) is a problem too. An app that
+    declares no versioned task is refused (exit 2) unless --allow-empty is given.
     """
     lock = _lock.read_lock(lock_path)
     app = load_app(app_path)
+    _require_tasks(app, app_path, allow_empty)
     review = _lock.review_lock(app, lock, frozen=frozen)
     console = _console()
     for note in review.notes:
