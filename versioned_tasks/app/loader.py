@@ -84,15 +84,11 @@ def _is_module(name: str) -> bool:
 
 def _names_a_module(name: str, label: str) -> str:
     """The message for a path that names a module where an app was expected."""
-    found = _apps_in(name)
-    if found:
-        examples = " or ".join(f"'{name}:{attr}'" for attr in found[:3])
-        ask = f"the app's attribute: {examples}"
-    else:
-        ask = f"the app's attribute: '{name}:huey' or '{name}.huey' (with its real name)"
+    found = _apps_in(name) or ["ATTRIBUTE"]
+    ask = " or ".join(f"'{name}:{attr}'" for attr in found[:3])
     return (
-        f"{label} names the module {name!r}, not an app in it; add {ask}, as "
-        f"'module:attribute' or 'module.attribute'."
+        f"{label} names the module {name!r}, not an app in it; add the attribute that "
+        f"holds the VersionedHuey, as 'module:attribute' or 'module.attribute': {ask}."
     )
 
 

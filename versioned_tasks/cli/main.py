@@ -159,7 +159,13 @@ def _load_django_app(path: str | None) -> VersionedHuey:
     setup_project()
     if path is None:
         return project_app()
-    return import_app(path, label=f"--app {path!r}")
+    try:
+        return import_app(path, label=f"--app {path!r}")
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{exc} In a Django project, leave out --app (and {APP_VARIABLE}) to use "
+            f"djhuey's instance, settings.HUEY."
+        ) from None
 
 
 def _use_django_settings(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
