@@ -682,19 +682,21 @@ def _allow_empty_option(func: F) -> F:
     return click.option(
         "--allow-empty",
         is_flag=True,
-        help="Accept an app that declares no versioned task (otherwise exit 2).",
+        help="Accept an app that declares no versioned task, rename or tombstone (otherwise "
+        "exit 2).",
     )(func)
 
 
 def _require_tasks(app: VersionedHuey, app_path: str | None, allow_empty: bool) -> None:
     # A gate over an app with no task passes whatever changed: most often --app
     # names the wrong instance, or the modules declaring the tasks were not imported.
-    if app.schema.specs or allow_empty:
+    schema = app.schema
+    if schema.specs or schema.renames or schema.tombstones or allow_empty:
         return
     where = f"--app {app_path!r}" if app_path else "djhuey's instance (settings.HUEY)"
     raise CannotRun(
-        f"The app {app.name!r} ({where}) declares no versioned task, so there is nothing to "
-        f"lock or check. Point --app (or {APP_VARIABLE}) at the instance your tasks are "
+        f"The app {app.name!r} ({where}) declares no versioned task (nor rename or "
+        f"tombstone), so there is nothing to lock or check. Point --app (or {APP_VARIABLE}) at the instance your tasks are "
         f"declared on, in the module that declares them or imports them; in a Django "
         f"project, set {DJANGO_SETTINGS_VARIABLE} or pass --django-settings so that the "
         f"apps' tasks modules are imported. Pass --allow-empty if the app has no task on "
