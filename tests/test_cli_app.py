@@ -76,8 +76,9 @@ def test_lock_refuses_an_app_without_versioned_tasks(apps: Apps, tmp_path: Path)
     assert result.exit_code == 2
     assert result.stderr == (
         f"Error: The app 'empty' (--app '{module}:huey') declares no versioned task (nor rename "
-        f"or tombstone), so there is nothing to lock or check. Point --app (or VERSIONED_TASKS_APP) at the instance "
-        f"your tasks are declared on, in the module that declares them or imports them; in a "
+        f"or tombstone), so there is nothing to lock or check. Point --app (or "
+        f"VERSIONED_TASKS_APP) at the instance your tasks are declared on, in the module "
+        f"that declares them or imports them; in a "
         f"Django project, set DJANGO_SETTINGS_MODULE or pass --django-settings so that the "
         f"apps' tasks modules are imported. Pass --allow-empty if the app has no task on "
         f"purpose.\n"

@@ -406,3 +406,54 @@ def test_cli_without_django_settings_says_how_to_set_up_the_project(project: Pro
         in result.stderr
     )
     assert not (project.path / "versioned-tasks.lock").exists()
+
+
+# -- tests of a Django project with pytest-django ----------------------------------------
+
+PYTEST_INI = """\
+[pytest]
+DJANGO_SETTINGS_MODULE = project.settings
+versioned_tasks_app = versioned_tasks.contrib.djhuey:HUEY
+versioned_tasks_payloads = payloads
+"""
+
+CONFTEST = """\
+from versioned_tasks.contrib.djhuey import load_tasks
+
+load_tasks()  # pytest-django has set Django up: every app's tasks are declared
+"""
+
+TEST_SHOP = """\
+import pytest
+from shop.models import Event
+from shop.tasks import send_receipt
+
+from versioned_tasks.testing import assert_upcasts
+
+
+@pytest.mark.django_db
+def test_send_receipt_records_the_receipt(versioned_huey):
+    send_receipt(order_id=7, channel="sms")
+    assert Event.objects.get().detail == "order 7 by sms"
+
+
+def test_a_v1_receipt_gets_the_email_channel(versioned_huey):
+    assert_upcasts(
+        versioned_huey, "shop.send_receipt", {"order_id": 7},
+        from_version=1, expected={"order_id": 7, "channel": "email"},
+    )
+"""
+
+
+def test_pytest_django_runs_the_project_tasks_and_payload_corpus(project: Project) -> None:
+    """The docs' pytest-django setup: ``versioned_huey`` runs a db task at once against
+    the test database, and the payload corpus is collected for djhuey's instance."""
+    (project.path / "pytest.ini").write_text(PYTEST_INI, encoding="utf-8")
+    (project.path / "conftest.py").write_text(CONFTEST, encoding="utf-8")
+    (project.path / "test_shop.py").write_text(TEST_SHOP, encoding="utf-8")
+    case = project.path / "payloads" / "shop.send_receipt" / "v1" / "basic.json"
+    case.parent.mkdir(parents=True)
+    case.write_text('{"order_id": 3}\n', encoding="utf-8")
+    result = project.run("-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "3 passed" in result.stdout

@@ -17,7 +17,10 @@ Then declare tasks in any app's ``tasks.py`` without importing the instance::
     def add_channel(payload: dict) -> dict:
         return {**payload, "channel": "email"}
 
-The names below are bound to djhuey's instance, ``HUEY``: they are resolved
+``load_tasks()`` imports every installed app's ``tasks`` module, as
+``manage.py run_huey`` does (for a test session's ``conftest.py``, say).
+
+The other names are bound to djhuey's instance, ``HUEY``: they are resolved
 on first use, so importing this package reads no setting (Django imports it
 while it loads the apps; ``versioned-tasks`` imports it before
 ``django.setup()``). The app brings ``manage.py versioned_tasks ...`` and a
@@ -41,6 +44,7 @@ if TYPE_CHECKING:
         versioned_periodic_task,
         versioned_task,
     )
+    from .project import load_tasks
 
 __all__ = [
     "HUEY",
@@ -48,6 +52,7 @@ __all__ = [
     "db_versioned_periodic_task",
     "db_versioned_task",
     "downcaster",
+    "load_tasks",
     "rename",
     "tombstone",
     "upcaster",
@@ -59,6 +64,10 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # PEP 562: the instance is built from settings.HUEY by huey.contrib.djhuey the
     # first time one of these names is read, not when this package is imported.
+    if name == "load_tasks":
+        from .project import load_tasks
+
+        return load_tasks
     if name in __all__:
         from . import _bound
 
