@@ -223,6 +223,36 @@ def test_db_versioned_task_closes_stale_connections(project: Project) -> None:
     ]
 
 
+def test_db_versioned_task_call_local_keeps_the_callers_connection(project: Project) -> None:
+    """``call_local()`` of a db task runs in the caller's transaction: its arguments are
+    validated, and the caller's connection is not closed under it (djhuey's
+    ``db_task`` gives ``call_local`` the undecorated function for the same reason)."""
+    _ok(project.manage("migrate", "-v", "0"))
+    script = textwrap.dedent(
+        """
+        from django.db import connection, transaction
+        from shop.models import Event
+        from shop.tasks import send_receipt
+        from versioned_tasks import InvalidArguments
+        with transaction.atomic():
+            Event.objects.create(kind="before", detail="")
+            send_receipt.call_local(order_id="12", channel="web")
+            print("open", connection.connection is not None, connection.in_atomic_block)
+        try:
+            send_receipt.call_local(order_id="twelve", channel="web")
+        except InvalidArguments as exc:
+            print("refused", exc.task, exc.version)
+        print(sorted(Event.objects.values_list("kind", "detail")))
+        """
+    )
+    out = _ok(project.manage("shell", "-c", script)).splitlines()
+    assert out[-3:] == [
+        "open True True",
+        "refused shop.send_receipt 2",
+        "[('before', ''), ('receipt', 'order 12 by web')]",
+    ]
+
+
 # -- manage.py versioned_tasks, manage.py check -------------------------------------------
 
 
