@@ -38,7 +38,13 @@ PAGES = sorted(
 PAGE_TIMEOUT = 60.0
 
 #: (page, first line of the block's code) -> why it cannot run. Keep it short.
-SKIPPED_BLOCKS: dict[tuple[str, str], str] = {}
+SKIPPED_BLOCKS: dict[tuple[str, str], str] = {
+    # A Django project's tasks.py, conftest.py and tests import Django models and need
+    # a set-up project; tests/test_django.py runs the same code in tests/django_project.
+    ("docs/django.md", "# shop/tasks.py"): "a Django app's tasks.py",
+    ("docs/django.md", "# conftest.py"): "a Django project's conftest.py",
+    ("docs/django.md", "# shop/tests.py"): "a Django app's tests",
+}
 
 FENCE = re.compile(
     r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})(?P<info>[^\n`]*)\n"

@@ -41,19 +41,19 @@ def check_schemas(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
         load_tasks()
     except VersionedTaskError as exc:
         return [checks.Error(str(exc), id="versioned_tasks.E003")]
+    where = f"settings.HUEY ({huey.name!r})"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             huey.check_schemas()
         except SchemaError as exc:
             errors: list[checks.CheckMessage] = [
-                checks.Error(problem, obj=f"HUEY {huey.name!r}", id="versioned_tasks.E001")
+                checks.Error(problem, obj=where, id="versioned_tasks.E001")
                 for problem in exc.problems
             ]
         else:
             errors = []
     warned: list[checks.CheckMessage] = [
-        checks.Warning(str(w.message), obj=f"HUEY {huey.name!r}", id="versioned_tasks.W001")
-        for w in caught
+        checks.Warning(str(w.message), obj=where, id="versioned_tasks.W001") for w in caught
     ]
     return errors + warned
