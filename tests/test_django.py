@@ -292,15 +292,20 @@ def test_manage_py_versioned_tasks_takes_the_cli_options(project: Project) -> No
     assert "No lock file at 'versioned-tasks.lock'" in missing.stderr
     script = textwrap.dedent(
         """
+        import io
         from django.core.management import CommandError, call_command
         try:
             call_command("versioned_tasks", "check")
         except CommandError as exc:
             print(exc.returncode, exc)
+        out = io.StringIO()
+        call_command("versioned_tasks", "lock", stdout=out)
+        print(repr(out.getvalue().splitlines()[-1]))
         """
     )
-    out = _ok(project.manage("shell", "-c", script))
-    assert out.splitlines()[-1].startswith("2 No lock file at 'versioned-tasks.lock'")
+    out = _ok(project.manage("shell", "-c", script)).splitlines()
+    assert out[-2].startswith("2 No lock file at 'versioned-tasks.lock'")
+    assert out[-1] == repr("Created versioned-tasks.lock (5 tasks, 1 renames, 1 tombstones).")
 
 
 def test_system_check_reports_a_chain_gap(project: Project) -> None:
@@ -313,6 +318,20 @@ def test_system_check_reports_a_chain_gap(project: Project) -> None:
     assert result.returncode == 1
     assert "versioned_tasks.E001" in result.stderr
     assert re.search(r"'shop\.send_receipt'.*upcaster", result.stderr), result.stderr
+
+
+def test_system_check_reports_a_tasks_module_that_fails(project: Project) -> None:
+    """A declaration refused while a ``tasks`` module is imported (here a second task
+    under the same name) is a ``versioned_tasks.E003`` error, not a traceback."""
+    project.edit(
+        "reports/tasks.py",
+        'name="reports.weekly_summary")',
+        'name="shop.notify_customer")',
+    )
+    result = project.manage("check")
+    assert result.returncode == 1
+    assert "versioned_tasks.E003" in result.stderr
+    assert "'shop.notify_customer'" in result.stderr
 
 
 def test_system_check_reports_a_plain_huey_class(project: Project) -> None:

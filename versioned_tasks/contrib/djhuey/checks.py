@@ -33,14 +33,14 @@ def check_schemas(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMe
         return [
             checks.Error(
                 str(exc),
-                hint="See settings.HUEY in the versioned_tasks Django docs.",
+                obj="settings.HUEY",
                 id="versioned_tasks.E002",
             )
         ]
     try:
         load_tasks()
     except VersionedTaskError as exc:
-        return [checks.Error(str(exc), id="versioned_tasks.E003")]
+        return [checks.Error(str(exc), obj="settings.HUEY", id="versioned_tasks.E003")]
     where = f"settings.HUEY ({huey.name!r})"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -9,6 +9,8 @@ The same commands, options, output and exit codes as ``versioned-tasks``
 
 from __future__ import annotations
 
+import contextlib
+import io
 import sys
 from pathlib import Path
 from typing import Any, ClassVar
@@ -58,26 +60,40 @@ class Command(BaseCommand):  # type: ignore[misc]
         )
 
     def handle(self, *args: str, **options: Any) -> None:
-        """From ``call_command``: exit codes other than 0 become ``CommandError``."""
+        """From ``call_command``: the output goes to the command's ``stdout`` and
+        ``stderr``; an exit code other than 0 becomes ``CommandError(returncode=...)``."""
         try:
             load_tasks()
         except VersionedTaskError as exc:
             raise CommandError(str(exc), returncode=EXIT_CANNOT_RUN) from None
+        out, err = io.StringIO(), io.StringIO()
         try:
-            cli.main(
-                args=list(args),
-                prog_name="versioned_tasks",
-                default_map=_preset_app(cli),
-                standalone_mode=False,
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = _run_in_process(list(args))
+        finally:
+            self.stdout.write(out.getvalue(), ending="")
+            self.stderr.write(err.getvalue(), ending="")
+        if isinstance(code, CommandError):
+            raise code
+
+
+def _run_in_process(args: list[str]) -> CommandError | None:
+    try:
+        cli.main(
+            args=args,
+            prog_name="versioned_tasks",
+            default_map=_preset_app(cli),
+            standalone_mode=False,
+        )
+    except click.ClickException as exc:
+        return CommandError(exc.format_message(), returncode=exc.exit_code)
+    except SystemExit as exc:
+        if exc.code not in (0, None):
+            code = exc.code if isinstance(exc.code, int) else 1
+            return CommandError(
+                f"versioned_tasks {' '.join(args)} exited with {code}.", returncode=code
             )
-        except click.ClickException as exc:
-            raise CommandError(exc.format_message(), returncode=exc.exit_code) from None
-        except SystemExit as exc:
-            if exc.code not in (0, None):
-                code = exc.code if isinstance(exc.code, int) else 1
-                raise CommandError(
-                    f"versioned_tasks {' '.join(args)} exited with {code}.", returncode=code
-                ) from None
+    return None
 
 
 def _preset_app(command: click.Command) -> dict[str, Any]:
