@@ -698,10 +698,9 @@ def _require_tasks(app: VersionedHuey, app_path: str | None, allow_empty: bool) 
         f"The app {app.name!r} ({where}) declares no versioned task (nor rename or "
         f"tombstone), so there is nothing to lock or check. Point --app (or "
         f"{APP_VARIABLE}) at the instance your tasks are declared on, in the module that "
-        f"declares them or imports them; in a Django "
-        f"project, set {DJANGO_SETTINGS_VARIABLE} or pass --django-settings so that the "
-        f"apps' tasks modules are imported. Pass --allow-empty if the app has no task on "
-        f"purpose."
+        f"declares them or imports them; in a Django project, set "
+        f"{DJANGO_SETTINGS_VARIABLE} or pass --django-settings so that the apps' tasks "
+        f"modules are imported. Pass --allow-empty if the app has no task on purpose."
     )
 
 
