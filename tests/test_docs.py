@@ -43,6 +43,12 @@ SKIPPED_BLOCKS: dict[tuple[str, str], str] = {
         "docs/migrations.md",
         '"""Migration of \'billing.send_invoice\': version 1 to 2."""',
     ): "a module makemigrations writes in a project; test_makemigrations.py checks the text",
+    # A Django project's tasks.py, conftest.py and tests import Django models and need
+    # a set-up project; tests/test_django.py runs the same code in tests/django_project.
+    ("docs/django.md", "# shop/tasks.py"): "a Django app's tasks.py",
+    ("docs/django.md", "# reports/tasks.py"): "a Django app's tasks.py",
+    ("docs/django.md", "# conftest.py"): "a Django project's conftest.py",
+    ("docs/django.md", "# shop/tests.py"): "a Django app's tests",
 }
 
 FENCE = re.compile(

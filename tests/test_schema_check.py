@@ -187,6 +187,9 @@ def test_the_error_lists_every_problem() -> None:
     assert "no upcaster from version 2 to 3" in text
     assert "'billing.y' is not a declared task" in text
     assert "tombstone('billing.refund'): the task is still declared" in text
+    # One sentence per problem, as the lines of the message (the Django system
+    # check reports each as its own error).
+    assert [f"- {problem}" for problem in info.value.problems] == text.splitlines()[1:]
 
 
 def test_a_duplicate_upcaster_is_refused_when_registered() -> None:

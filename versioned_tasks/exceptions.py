@@ -88,10 +88,15 @@ class SchemaError(VersionedTaskError):
 
     Attributes:
         task: the logical task name concerned, when there is one.
+        problems: each problem found, one sentence with its fix (a check of the
+            whole schema may find several; otherwise the message alone).
     """
 
-    def __init__(self, message: str, *, task: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, task: str | None = None, problems: Sequence[str] = ()
+    ) -> None:
         self.task = task
+        self.problems: tuple[str, ...] = tuple(problems) or (message,)
         super().__init__(message)
 
 

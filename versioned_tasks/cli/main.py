@@ -18,6 +18,10 @@
 
 ``--app`` names the app like ``huey_consumer`` does: ``package.module.attribute``
 or ``package.module:attribute``; the current directory is importable.
+``VERSIONED_TASKS_APP`` gives every command its ``--app``. In a Django project
+(``DJANGO_SETTINGS_MODULE`` set, or ``--django-settings MODULE``) the project is
+set up and its apps' ``tasks`` modules imported first, and ``--app`` defaults to
+djhuey's instance.
 
 Exit codes: 0 when all went well, 1 when problems were found (a replay that
 still fails, a declined purge), 2 when the command could not run (an app that
@@ -119,30 +123,84 @@ def _line(console: Console, text: str) -> None:
 # -- loading the app -------------------------------------------------------------------
 
 
-def load_app(path: str) -> VersionedHuey:
+APP_VARIABLE = "VERSIONED_TASKS_APP"
+DJANGO_SETTINGS_VARIABLE = "DJANGO_SETTINGS_MODULE"
+
+
+def load_app(path: str | None) -> VersionedHuey:
     """Import ``package.module.attribute`` or ``package.module:attribute``.
 
+    In a Django project (``DJANGO_SETTINGS_MODULE`` set, or ``--django-settings``)
+    the project is set up and its apps' ``tasks`` modules imported first, and
+    ``path`` defaults to djhuey's instance.
+
     Raises:
-        CannotRun: the path is malformed, does not import (an exception, or
-            ``sys.exit()`` at import), or names no VersionedHuey.
+        CannotRun: no path and no Django project; the path is malformed, does
+            not import (an exception, or ``sys.exit()`` at import), or names no
+            VersionedHuey; the Django project does not load.
     """
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
     try:
+        if os.environ.get(DJANGO_SETTINGS_VARIABLE):
+            return _load_django_app(path)
+        if path is None:
+            raise CannotRun(
+                f"No app given: name it with --app package.module:attribute (or set "
+                f"{APP_VARIABLE}); in a Django project, set {DJANGO_SETTINGS_VARIABLE} or "
+                f"pass --django-settings to use djhuey's instance."
+            )
         return import_app(path, label=f"--app {path!r}")
     except ConfigurationError as exc:
         raise CannotRun(str(exc)) from None
 
 
+def _load_django_app(path: str | None) -> VersionedHuey:
+    # Django is imported by contrib only, and only when a project is asked for.
+    from ..contrib.djhuey.project import project_app, setup_project
+
+    setup_project()
+    if path is None:
+        return project_app()
+    try:
+        return import_app(path, label=f"--app {path!r}")
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"{exc} In a Django project, leave out --app (and {APP_VARIABLE}) to use "
+            f"djhuey's instance, settings.HUEY."
+        ) from None
+
+
+def _use_django_settings(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # As manage.py's --settings: the variable is what Django reads.
+    if value:
+        os.environ[DJANGO_SETTINGS_VARIABLE] = value
+
+
 def _app_option(func: F) -> F:
-    return click.option(
+    app = click.option(
         "--app",
         "app_path",
-        required=True,
+        envvar=APP_VARIABLE,
+        show_envvar=True,
         metavar="MODULE.ATTR",
-        help="The VersionedHuey app: 'package.module.attribute' or 'package.module:attribute'.",
-    )(func)
+        help=(
+            "The VersionedHuey app: 'package.module.attribute' or 'package.module:attribute' "
+            "(default in a Django project: djhuey's instance)."
+        ),
+    )
+    settings = click.option(
+        "--django-settings",
+        metavar="MODULE",
+        expose_value=False,
+        callback=_use_django_settings,
+        help=(
+            f"Set up this Django settings module first (as {DJANGO_SETTINGS_VARIABLE} does) "
+            f"and import the apps' tasks modules."
+        ),
+    )
+    return app(settings(func))
 
 
 def _handles_errors(func: F) -> F:
@@ -624,18 +682,47 @@ def _lock_option(func: F) -> F:
     )(func)
 
 
+def _allow_empty_option(func: F) -> F:
+    return click.option(
+        "--allow-empty",
+        is_flag=True,
+        help="Accept an app that declares no versioned task, rename or tombstone (otherwise "
+        "exit 2).",
+    )(func)
+
+
+def _require_tasks(app: VersionedHuey, app_path: str | None, allow_empty: bool) -> None:
+    # A gate over an app with no task passes whatever changed: most often --app
+    # names the wrong instance, or the modules declaring the tasks were not imported.
+    schema = app.schema
+    if schema.specs or schema.renames or schema.tombstones or allow_empty:
+        return
+    where = f"--app {app_path!r}" if app_path else "djhuey's instance (settings.HUEY)"
+    raise CannotRun(
+        f"The app {app.name!r} ({where}) declares no versioned task (nor rename or "
+        f"tombstone), so there is nothing to lock or check. Point --app (or "
+        f"{APP_VARIABLE}) at the instance your tasks are declared on, in the module that "
+        f"declares them or imports them; in a Django project, set "
+        f"{DJANGO_SETTINGS_VARIABLE} or pass --django-settings so that the apps' tasks "
+        f"modules are imported. Pass --allow-empty if the app has no task on purpose."
+    )
+
+
 @main.command("lock", short_help="Write the app's schema lock file.")
 @_app_option
 @_lock_option
+@_allow_empty_option
 @_handles_errors
-def lock_command(app_path: str, lock_path: Path) -> None:
+def lock_command(app_path: str | None, lock_path: Path, allow_empty: bool) -> None:
     """Record every versioned task's version, argument schema and upcasters.
 
     An existing lock keeps its history: the entries of older versions stay, the
     current version's entry is refreshed. Commit the file; `check` compares the
-    app against it.
+    app against it. An app that declares no versioned task is refused (exit 2)
+    unless --allow-empty is given.
     """
     app = load_app(app_path)
+    _require_tasks(app, app_path, allow_empty)
     previous = _lock.read_lock(lock_path) if lock_path.exists() else None
     lock = _lock.build_lock(app, previous)
     console = _console()
@@ -660,18 +747,21 @@ def lock_command(app_path: str, lock_path: Path) -> None:
     is_flag=True,
     help="Also fail when `versioned-tasks lock` would change the lock file (for CI).",
 )
+@_allow_empty_option
 @_handles_errors
-def check_command(app_path: str, lock_path: Path, frozen: bool) -> None:
+def check_command(app_path: str | None, lock_path: Path, frozen: bool, allow_empty: bool) -> None:
     """Fail (exit 1) when a task changed in a way queued messages would not survive.
 
     One line per problem, with its fix: a schema changed without a version
     bump, a version bump without an upcaster chain from every locked version,
     a locked task gone without a rename or tombstone, a version gone down.
     With --frozen, a lock file that `versioned-tasks lock` would change (a new
-    task, a harmless change not recorded yet) is a problem too.
+    task, a harmless change not recorded yet) is a problem too. An app that
+    declares no versioned task is refused (exit 2) unless --allow-empty is given.
     """
     lock = _lock.read_lock(lock_path)
     app = load_app(app_path)
+    _require_tasks(app, app_path, allow_empty)
     review = _lock.review_lock(app, lock, frozen=frozen)
     console = _console()
     for note in review.notes:
@@ -682,11 +772,10 @@ def check_command(app_path: str, lock_path: Path, frozen: bool) -> None:
     if review.problems:
         _line(console, f"{len(review.problems)} problem(s); {checked}.")
         if any(p.kind in ("schema_changed", "missing_upcaster") for p in review.problems):
-            _line(
-                console,
-                f"Run `versioned-tasks makemigrations --app {app_path}` to write the missing "
-                f"steps.",
-            )
+            # In a Django project the app is djhuey's, found without --app.
+            django = app_path is None or bool(os.environ.get(DJANGO_SETTINGS_VARIABLE))
+            command = "makemigrations" if django else f"makemigrations --app {app_path}"
+            _line(console, f"Run `versioned-tasks {command}` to write the missing steps.")
         sys.exit(EXIT_PROBLEMS)
     _line(console, f"No problems; {checked}.")
 
@@ -802,7 +891,7 @@ def _write_schema(out_dir: Path, task: str, version: int, document: Any) -> Path
 @click.option("--dry-run", is_flag=True, help="Show what would be written; write nothing.")
 @_handles_errors
 def makemigrations_command(
-    app_path: str,
+    app_path: str | None,
     lock_path: Path,
     task: str | None,
     slug: str,
@@ -827,7 +916,7 @@ def makemigrations_command(
     if _declare.default_app_or_none() is not app:
         raise CannotRun(
             f"makemigrations writes module-level @upcaster declarations, which bind to the "
-            f"default app, and app {app.name!r} ({app_path}) is not it; create it with "
+            f"default app, and app {app.name!r} is not it; create it with "
             f"default=True, or call versioned_tasks.set_default_app(huey) where it is made."
         )
     steps = _makemigrations.plan_migrations(

@@ -33,7 +33,11 @@ def check_registry(registry: SchemaRegistry, plain_tasks: Iterable[str] = ()) ->
     if problems:
         first_task = problems[0][0]
         text = "\n".join(f"- {message}" for _, message in problems)
-        raise SchemaError(f"{len(problems)} schema problem(s):\n{text}", task=first_task)
+        raise SchemaError(
+            f"{len(problems)} schema problem(s):\n{text}",
+            task=first_task,
+            problems=[message for _, message in problems],
+        )
     registry.dirty = False
 
 
