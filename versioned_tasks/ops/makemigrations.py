@@ -523,20 +523,31 @@ def _body(step: Step, summary: str) -> list[str]:
         doc[0] += '"""'
     else:
         doc.append('    """')
-    ops = _operations(step.changes)
+    unwritten = None
     if person:
         names = ", ".join(repr(c.name) for c in person)
-        return [
-            *doc,
-            *(["    payload = dict(payload)", *ops] if ops else []),
-            "    raise NotImplementedError(",
-            f'        "{step.task} v{step.from_version} -> v{step.from_version + 1}: write "',
-            f'        "{_escape(names)} (see the docstring), then return the payload."',
-            "    )",
-        ]
-    if not ops:
-        return [*doc, "    return payload"]
-    return [*doc, "    payload = dict(payload)", *ops, "    return payload"]
+        unwritten = (
+            f"{step.task} v{step.from_version} -> v{step.from_version + 1}: write {names} "
+            f"(see the docstring), then return the payload."
+        )
+    return _finish(doc, _operations(step.changes), unwritten)
+
+
+def _finish(head: list[str], ops: list[str], unwritten: str | None) -> list[str]:
+    """The function's lines after its docstring: the operations, then the return, or
+    a raise of ``unwritten`` when a person must finish the step."""
+    if unwritten is None and not ops:
+        return [*head, "    return payload"]
+    if unwritten is None:
+        return [*head, "    payload = dict(payload)", *ops, "    return payload"]
+    pieces = textwrap.wrap(unwritten, width=_WIDTH - 12, drop_whitespace=False)
+    return [
+        *head,
+        *(["    payload = dict(payload)", *ops] if ops else []),
+        "    raise NotImplementedError(",
+        *(f"        {json.dumps(piece)}" for piece in pieces),
+        "    )",
+    ]
 
 
 def _operations(changes: Sequence[Change]) -> list[str]:
@@ -578,19 +589,13 @@ def _down(step: Step) -> list[str]:
         ") -> dict[str, Any]:",
         f'    """Version {newer} -> {older}, for producers pinned to version {older}."""',
     ]
+    unwritten = None
     if person:
-        names = ", ".join(person)
-        return [
-            *lines,
-            *(["    payload = dict(payload)", *ops] if ops else []),
-            "    raise NotImplementedError(",
-            f'        "{step.task} v{newer} -> v{older}: write "',
-            f'        "{_escape(names)} back as version {older} had it, then return the payload."',
-            "    )",
-        ]
-    if not ops:
-        return [*lines, "    return payload"]
-    return [*lines, "    payload = dict(payload)", *ops, "    return payload"]
+        unwritten = (
+            f"{step.task} v{newer} -> v{older}: write {', '.join(person)} back as version "
+            f"{older} had it, then return the payload."
+        )
+    return _finish(lines, ops, unwritten)
 
 
 def _literal(value: Any) -> str:
@@ -602,10 +607,6 @@ def _literal(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_literal(item) for item in value) + "]"
     return repr(value)
-
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"')
 
 
 def _schema_text(schema: Any) -> str:
