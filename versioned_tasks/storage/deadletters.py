@@ -13,6 +13,7 @@ commit never enqueues the message twice, and never loses it.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import math
 import os
@@ -21,7 +22,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
@@ -31,11 +32,25 @@ from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStora
 from ..exceptions import DeadLetterNotFound, MessageRejected, ReplayFailed
 from ..messages.readwrite import REASONS
 from ..messages.reasons import Reason
+from .dlq_query import (
+    DEFAULT_SCAN_LIMIT,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterPage,
+    Meta,
+    meta_of,
+    scan_count,
+    scan_select,
+    scan_tally,
+)
 from .scan import DeadChunk, Identity, chunks_of
 
 __all__ = [
     "DeadLetter",
     "DeadLetterBackend",
+    "DeadLetterCounts",
+    "DeadLetterFilter",
+    "DeadLetterPage",
     "DeadLetterStore",
     "FileBackend",
     "MemoryBackend",
@@ -259,6 +274,30 @@ class DeadLetterBackend(Protocol):
         """How many entries there are, without creating the store if never used."""
         ...
 
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        """A page of the entries ``flt`` selects, newest first."""
+        ...
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        """Counts by reason and by task and version."""
+        ...
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        """How many entries ``flt`` selects."""
+        ...
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        """Remove the entries ``flt`` selects; returns how many."""
+        ...
+
 
 class DeadLetterStore:
     """The dead-letter store of one app: ``huey.dead_letters``.
@@ -391,11 +430,151 @@ class DeadLetterStore:
         """Remove every entry; returns how many there were."""
         return self._backend.purge()
 
+    # -- pages, counts and filters (the console, ``dlq list``/``purge`` filters) ----
+
+    def page(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        offset: int = 0,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+    ) -> DeadLetterPage:
+        """One page of entries, newest first, never reading the whole store.
+
+        Args:
+            limit: entries per page.
+            cursor: the ``next_cursor`` of the previous page (None: from the newest).
+            offset: entries (matching ones, with a filter) to skip first.
+            reason, task, version: only entries with this reason, task name on
+                the wire, schema version.
+            before: only entries created before this time.
+            scan_limit: on backends that filter by scanning (memory, files,
+                Redis), the most entries whose metadata are read for this page;
+                the page says whether it stopped there. SQL backends filter in
+                the database and ignore it.
+        """
+        flt = DeadLetterFilter(reason, task, version, before)
+        return self._backend.select(
+            flt, cursor=cursor, offset=max(offset, 0), limit=max(limit, 1), scan_limit=scan_limit
+        )
+
+    def counts(self, *, scan_limit: int | None = DEFAULT_SCAN_LIMIT) -> DeadLetterCounts:
+        """How many entries there are by reason and by task and version.
+
+        SQL backends count in the database. The others read each entry's
+        metadata (never its message bytes, on Redis), newest first, up to
+        ``scan_limit`` entries (None: all); ``exhaustive`` says whether the
+        counts cover the whole store.
+        """
+        return self._backend.tally(scan_limit)
+
+    def count(
+        self,
+        *,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+    ) -> int:
+        """How many entries match (all of them without a filter); on backends
+        that scan, this reads every entry's metadata."""
+        flt = DeadLetterFilter(reason, task, version, before)
+        return len(self) if flt.empty else self._backend.count_where(flt)
+
+    def purge_matching(
+        self,
+        *,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+    ) -> int:
+        """Remove the entries that match; returns how many (every entry without a filter)."""
+        flt = DeadLetterFilter(reason, task, version, before)
+        return self._backend.purge() if flt.empty else self._backend.delete_where(flt)
+
+    def replay_as(self, id: str, raw: bytes) -> Any:
+        """Replay an entry with ``raw`` in place of its stored bytes (an edited message).
+
+        ``raw`` runs through today's pipeline and is enqueued; the entry is
+        removed in the same step of the backend, only once the enqueue
+        succeeded. When ``raw`` cannot run, the entry is left as it was.
+
+        Raises:
+            DeadLetterNotFound: there is no such entry (any more).
+            ReplayFailed: ``raw`` cannot run (the entry is unchanged).
+        """
+        entry = self.get(id)
+        try:
+            requeue = self._replay(raw)
+        except MessageRejected as exc:
+            raise ReplayFailed(
+                id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
+            ) from None
+        if not self._backend.take(entry.id, requeue.data, requeue.priority):
+            raise DeadLetterNotFound(id)
+        return requeue.then()
+
 
 # -- backends -----------------------------------------------------------------
 
 
-class MemoryBackend:
+class _Scanning:
+    """Filters, pages and counts for backends that keep each entry as one value:
+    they scan the entries' metadata newest first (``meta_chunk``)."""
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        """The metadata of the next ``size`` entries older than ``cursor``, newest first."""
+        raise NotImplementedError
+
+    def get(self, id: str) -> DeadLetter | None:
+        raise NotImplementedError
+
+    def delete(self, id: str) -> bool:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def fetch(self, ids: list[str]) -> list[DeadLetter]:
+        """The entries with these ids, in this order (those still there)."""
+        return [entry for entry in map(self.get, ids) if entry is not None]
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        return scan_select(
+            self.meta_chunk,
+            self.fetch,
+            flt,
+            cursor=cursor,
+            offset=offset,
+            limit=limit,
+            scan_limit=scan_limit,
+        )
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        return scan_tally(self.meta_chunk, self.count(), scan_limit)
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        return len(scan_count(self.meta_chunk, flt))
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        return sum(self.delete(id) for id in scan_count(self.meta_chunk, flt))
+
+
+class MemoryBackend(_Scanning):
     """Entries in a dict hung on the MemoryStorage itself."""
 
     def __init__(self, storage: MemoryStorage) -> None:
@@ -474,6 +653,28 @@ class MemoryBackend:
         with self._lock:
             newest_first = list(reversed(self._entries.items()))
         return [self._entry(id, value) for id, value in newest_first[offset : offset + limit]]
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        # The cursor is a position in insertion order: simple, and enough for
+        # an in-process store (an entry removed meanwhile shifts the rest).
+        with self._lock:
+            items = list(self._entries.items())
+        end = len(items) if cursor is None else min(int(cursor), len(items))
+        metas: list[Meta] = []
+        for position in range(end - 1, max(end - size, 0) - 1, -1):
+            id, value = items[position]
+            entry = self._entry(id, value)
+            metas.append(
+                (
+                    str(position),
+                    id,
+                    entry.reason,
+                    entry.task,
+                    entry.version,
+                    entry.created_at.timestamp(),
+                )
+            )
+        return metas
 
 
 class _SqlBackend:
@@ -614,6 +815,68 @@ class _SqlBackend:
         rows = self._sql(self._page, (self._queue, limit, offset))
         return [self._row(row) for row in rows]
 
+    def _where(self, flt: DeadLetterFilter) -> tuple[str, list[Any]]:
+        p = self._p
+        clauses, params = [f"queue = {p}"], [self._queue]
+        for column, value in (("reason", flt.reason), ("task", flt.task)):
+            if value is not None:
+                clauses.append(f"{column} = {p}")
+                params.append(self._text(value))
+        if flt.version is not None:
+            clauses.append(f"version = {p}")
+            params.append(flt.version)
+        if flt.before is not None:
+            clauses.append(f"created_at < {p}")
+            params.append(flt.before_ts)
+        return " and ".join(clauses), params
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        # By seq (the primary key) with the filter in the query: the database
+        # walks its (queue, seq) index from the newest and stops at the page.
+        where, params = self._where(flt)
+        p = self._p
+        if cursor is not None:
+            where += f" and seq < {p}"
+            params.append(int(cursor))
+        rows = self._sql(
+            f"select seq, {self._COLUMNS} from {self.table} where {where} "
+            f"order by seq desc limit {p} offset {p}",
+            (*params, limit + 1, offset),
+        )
+        entries = [self._row(row[1:]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return DeadLetterPage(entries, str(rows[limit - 1][0]) if more else None)
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        p = self._p
+        rows = self._sql(
+            f"select reason, task, version, count(*) from {self.table} where queue = {p} "
+            f"group by reason, task, version",
+            (self._queue,),
+        )
+        counts = DeadLetterCounts(total=0, counted=0)
+        for reason, task, version, count in rows:
+            identity = _dead_identity(task, version)
+            counts.add(reason if reason in REASONS else "undecodable", *identity, int(count))
+        total = sum(counts.by_reason.values())
+        return replace(counts, total=total, counted=total)
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        where, params = self._where(flt)
+        return int(self._sql(f"select count(*) from {self.table} where {where}", (*params,))[0][0])
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        where, params = self._where(flt)
+        return int(self._sql(f"delete from {self.table} where {where}", (*params,), write=True))
+
 
 class SqliteBackend(_SqlBackend):
     """A ``vt_dead_letters`` table in the queue's own SQLite database."""
@@ -624,6 +887,9 @@ class SqliteBackend(_SqlBackend):
         "queue text not null, reason text not null, task text, version integer, "
         "raw blob not null, error text not null, created_at real not null)",
         "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
+        # Counts by reason and task from the index alone, never the rows' bytes.
+        "create index if not exists vt_dead_letters_queue_reason "
+        "on vt_dead_letters (queue, reason, task, version)",
     )
 
     _EXISTS = "select count(*) from sqlite_master where type = 'table' and name = ?"
@@ -674,6 +940,8 @@ class PostgresBackend(_SqlBackend):
             "queue text not null, reason text not null, task text, version integer, "
             "raw bytea not null, error text not null, created_at double precision not null)",
             f"create index if not exists {self.table}_queue_seq on {self.table} (queue, seq)",
+            f"create index if not exists {self.table}_queue_reason "
+            f"on {self.table} (queue, reason, task, version)",
         )
 
     def ensure_table(self) -> None:
@@ -769,8 +1037,36 @@ redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
 return 1
 """
 
+# KEYS: entries, index; ARGV: highest score (Redis range syntax), count. Returns
+# id, score and metadata line of each entry, newest first: never the message bytes.
+_METAS_LUA = """
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[1], '-inf', 'WITHSCORES',
+                       'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #ids, 2 do
+    local data = redis.call('HGET', KEYS[1], ids[i])
+    local line = ''
+    if data then
+        local newline = string.find(data, '\\n', 1, true)
+        if newline then
+            line = string.sub(data, 1, newline - 1)
+        end
+    end
+    out[#out + 1] = ids[i]
+    out[#out + 1] = ids[i + 1]
+    out[#out + 1] = line
+end
+return out
+"""
 
-class RedisBackend:
+
+def _score(score: Any) -> str:
+    """A sequence score as a cursor (scores are integers written as floats or bytes)."""
+    value = float(score.decode() if isinstance(score, bytes) else score)
+    return str(int(value))
+
+
+class RedisBackend(_Scanning):
     """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``.
 
     Each write is one Lua script, so one round trip and atomic; a replay also
@@ -790,6 +1086,7 @@ class RedisBackend:
         self._add = self._conn.register_script(_ADD_LUA)
         self._update = self._conn.register_script(_UPDATE_LUA)
         self._take = self._conn.register_script(_TAKE_LUA)
+        self._metas = self._conn.register_script(_METAS_LUA)
 
     @staticmethod
     def _unpack(id: bytes | str, data: bytes) -> DeadLetter:
@@ -917,11 +1214,62 @@ class RedisBackend:
             self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
         ]
 
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        top = "+inf" if cursor is None else f"({cursor}"
+        flat = self._metas(keys=[self._entries, self._index], args=[top, size])
+        metas: list[Meta] = []
+        for at in range(0, len(flat), 3):
+            member, score, line = flat[at : at + 3]
+            id = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
+            metas.append(meta_of(_score(score), id, line))
+        return metas
+
+    def fetch(self, ids: list[str]) -> list[DeadLetter]:
+        rows = self._conn.hmget(self._entries, ids) if ids else []
+        return [
+            self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
+        ]
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        if not flt.empty:
+            return super().select(
+                flt, cursor=cursor, offset=offset, limit=limit, scan_limit=scan_limit
+            )
+        # No filter: straight from the index, whatever the offset (O(log N + limit)).
+        top = "+inf" if cursor is None else f"({cursor}"
+        pairs = self._conn.zrevrangebyscore(
+            self._index, top, "-inf", start=offset, num=limit + 1, withscores=True
+        )
+        ids = [m.decode("utf-8", "replace") if isinstance(m, bytes) else m for m, _ in pairs]
+        more = len(pairs) > limit
+        entries = self.fetch(ids[:limit])
+        return DeadLetterPage(entries, _score(pairs[limit - 1][1]) if more else None)
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        ids = scan_count(self.meta_chunk, flt)
+        removed = 0
+        for start in range(0, len(ids), 1000):
+            batch = ids[start : start + 1000]
+            pipe = self._conn.pipeline(transaction=True)
+            pipe.hdel(self._entries, *batch)
+            pipe.zrem(self._index, *batch)
+            count, _ = pipe.execute()
+            removed += int(count)
+        return removed
+
 
 _FILE_NAME = re.compile(r"(\d{20})-(.+)")
 
 
-class FileBackend:
+class FileBackend(_Scanning):
     """One file per entry under ``<path>/deadletters/`` of a FileStorage.
 
     Names start with a zero-padded nanosecond stamp so that a directory
@@ -1073,6 +1421,22 @@ class FileBackend:
         with self._lock:
             names = self._files()[::-1][offset : offset + limit]
             return [self._read(os.path.join(self._dir, name)) for name in names]
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        # The cursor is a file name: names sort oldest first.
+        with self._lock:
+            names = self._files()
+        if cursor is not None:
+            names = names[: bisect.bisect_left(names, cursor)]
+        metas: list[Meta] = []
+        for name in reversed(names[-size:]):
+            try:
+                with open(os.path.join(self._dir, name), "rb") as f:
+                    line = f.readline().rstrip(b"\n")
+            except FileNotFoundError:
+                continue
+            metas.append(meta_of(name, self._id(name), line))
+        return metas
 
 
 def _utc_ns(ns: int) -> datetime.datetime | None:
