@@ -735,6 +735,42 @@ def _edit_in_editor(current: _dead_letters.Editable) -> Any:
         ) from None
 
 
+# -- web ------------------------------------------------------------------------------------
+
+
+@main.command("web", short_help="Serve the operations console in the browser.")
+@_app_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    envvar="VERSIONED_TASKS_WEB_TOKEN",
+    metavar="SECRET",
+    help="Secret that allows replay, edit, delete and purge (env VERSIONED_TASKS_WEB_TOKEN); "
+    "without it the console is read-only.",
+)
+@_handles_errors
+def web_command(app_path: str, host: str, port: int, token: str | None) -> None:
+    """Dead letters, census and fleet in the browser (read-only without a token).
+
+    Binds to 127.0.0.1 by default: put it behind your own authentication
+    before exposing it further.
+    """
+    try:
+        import uvicorn
+
+        from ..web import create_app
+    except ImportError as exc:
+        raise CannotRun(
+            f"The console needs the web extra ({exc.name} is missing): "
+            f"pip install 'versioned-tasks[web]'"
+        ) from None
+    app = load_app(app_path)
+    mode = "token required for changes" if token else "read-only (no --token)"
+    click.echo(f"Console of queue {app.name!r} on http://{host}:{port}/ ({mode}).", err=True)
+    uvicorn.run(create_app(app, token=token), host=host, port=port, log_level="warning")
+
+
 # -- migrate-queue --------------------------------------------------------------------------
 
 
