@@ -169,8 +169,9 @@ class Console:
         status_code: int = 200,
         **extra: Any,
     ) -> HTMLResponse:
+        context = {"warning": None, **extra}
         return self.render(
-            request, "message.html", status_code, heading=heading, lines=lines, **extra
+            request, "message.html", status_code, heading=heading, lines=lines, **context
         )
 
     async def refused(self, request: Request) -> tuple[Any, Response | None]:
