@@ -154,3 +154,22 @@ def test_a_scanning_backend_stops_at_its_scan_limit_and_says_so(make_huey: MakeH
     assert not counts.exhaustive
     oldest = app.dead_letters.page(task="billing.refund", scan_limit=100, offset=3)
     assert [e.id for e in oldest.entries] == [ids[0]]
+
+
+def test_odd_metadata_is_counted_and_filtered_like_any_other(make_huey: MakeHuey) -> None:
+    """Entries without a task or version, and task names with quotes, backslashes or
+    non-ASCII letters, are counted and found by their filters."""
+    app = make_huey()
+    odd = ['a"b', "c\\d", "tâche.envoyer"]
+    for name in odd:
+        app.dead_letters.add(reason="unknown_task", raw=b"x", error="e", task=name, version=3)
+    app.dead_letters.add(reason="undecodable", raw=b"y", error="e")
+    counts = app.dead_letters.counts()
+    assert counts.by_reason == {"unknown_task": 3, "undecodable": 1}
+    assert counts.by_task[(None, None)] == 1
+    for name in odd:
+        assert counts.by_task[(name, 3)] == 1
+        [entry] = app.dead_letters.page(task=name, version=3).entries
+        assert entry.task == name
+    old = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=5)
+    assert app.dead_letters.count(reason="undecodable", before=old) == 1

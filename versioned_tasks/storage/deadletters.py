@@ -34,6 +34,7 @@ from ..messages.readwrite import REASONS
 from ..messages.reasons import Reason
 from .dlq_query import (
     DEFAULT_SCAN_LIMIT,
+    SCAN_CHUNK,
     DeadLetterCounts,
     DeadLetterFilter,
     DeadLetterPage,
@@ -1037,27 +1038,88 @@ redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
 return 1
 """
 
-# KEYS: entries, index; ARGV: highest score (Redis range syntax), count. Returns
-# id, score and metadata line of each entry, newest first: never the message bytes.
-_METAS_LUA = """
+# The console's scans of a Redis store, in Lua so that only what is asked for comes
+# back (never the message bytes). Both read the index from a score downwards
+# (ARGV[1], Redis range syntax) for at most ARGV[2] entries, parse each entry's
+# metadata line with cjson, and return the number scanned and the last score.
+_META_LUA = """
+local function meta_of(data, with_created)
+    if not data then return 'undecodable', '', '', 0 end
+    local newline = string.find(data, '\\n', 1, true)
+    if not newline then return 'undecodable', '', '', 0 end
+    local line = string.sub(data, 1, newline - 1)
+    -- The line as the store writes it (orjson, keys in this order), read without
+    -- a JSON parser; anything else (a null, an escape) goes through cjson.
+    local reason, task, version = string.match(line,
+        '^{"id":"[%w]*","reason":"([%w_]+)","task":"([^"\\\\]*)","version":(%-?%d+),"error":')
+    if reason then
+        local created = 0
+        if with_created then
+            created = tonumber(string.match(line, ',"created_at":([%d%.eE+-]+)}$')) or 0
+        end
+        return reason, task, version, created
+    end
+    local ok, meta = pcall(cjson.decode, line)
+    if not ok or type(meta) ~= 'table' then return 'undecodable', '', '', 0 end
+    reason = type(meta.reason) == 'string' and meta.reason or 'undecodable'
+    task = type(meta.task) == 'string' and meta.task or ''
+    version = type(meta.version) == 'number' and tostring(meta.version) or ''
+    local created = type(meta.created_at) == 'number' and meta.created_at or 0
+    return reason, task, version, created
+end
 local ids = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[1], '-inf', 'WITHSCORES',
                        'LIMIT', 0, tonumber(ARGV[2]))
-local out = {}
+local out = {#ids / 2, ''}
+if #ids > 0 then out[2] = ids[#ids] end
+"""
+
+# Counts: then reason, task, version (text, '' for none) and count, per group.
+_TALLY_LUA = (
+    _META_LUA
+    + """
+local counts, order = {}, {}
 for i = 1, #ids, 2 do
-    local data = redis.call('HGET', KEYS[1], ids[i])
-    local line = ''
-    if data then
-        local newline = string.find(data, '\\n', 1, true)
-        if newline then
-            line = string.sub(data, 1, newline - 1)
-        end
+    local reason, task, version = meta_of(redis.call('HGET', KEYS[1], ids[i]))
+    local key = reason .. '\\0' .. task .. '\\0' .. version
+    if counts[key] == nil then
+        counts[key] = 0
+        order[#order + 1] = key
     end
-    out[#out + 1] = ids[i]
-    out[#out + 1] = ids[i + 1]
-    out[#out + 1] = line
+    counts[key] = counts[key] + 1
+end
+for _, key in ipairs(order) do
+    out[#out + 1] = key
+    out[#out + 1] = counts[key]
 end
 return out
 """
+)
+
+# Matches: ARGV[3] stops after that many; ARGV[4..7] reason, task, version and
+# "created before" ('' for any). Then the ids that match.
+_MATCH_LUA = (
+    _META_LUA
+    + """
+local need = tonumber(ARGV[3])
+local found = 0
+for i = 1, #ids, 2 do
+    local reason, task, version, created = meta_of(redis.call('HGET', KEYS[1], ids[i]),
+                                                   ARGV[7] ~= '')
+    if (ARGV[4] == '' or reason == ARGV[4]) and (ARGV[5] == '' or task == ARGV[5])
+        and (ARGV[6] == '' or version == ARGV[6])
+        and (ARGV[7] == '' or created < tonumber(ARGV[7])) then
+        out[#out + 1] = ids[i]
+        found = found + 1
+        if found >= need then
+            out[1] = (i + 1) / 2
+            out[2] = ids[i + 1]
+            break
+        end
+    end
+end
+return out
+"""
+)
 
 
 def _score(score: Any) -> str:
@@ -1066,7 +1128,7 @@ def _score(score: Any) -> str:
     return str(int(value))
 
 
-class RedisBackend(_Scanning):
+class RedisBackend:
     """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``.
 
     Each write is one Lua script, so one round trip and atomic; a replay also
@@ -1086,7 +1148,8 @@ class RedisBackend(_Scanning):
         self._add = self._conn.register_script(_ADD_LUA)
         self._update = self._conn.register_script(_UPDATE_LUA)
         self._take = self._conn.register_script(_TAKE_LUA)
-        self._metas = self._conn.register_script(_METAS_LUA)
+        self._tally = self._conn.register_script(_TALLY_LUA)
+        self._match = self._conn.register_script(_MATCH_LUA)
 
     @staticmethod
     def _unpack(id: bytes | str, data: bytes) -> DeadLetter:
@@ -1214,15 +1277,84 @@ class RedisBackend(_Scanning):
             self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
         ]
 
-    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+    def _matches(
+        self, flt: DeadLetterFilter, cursor: str | None, size: int, need: int
+    ) -> tuple[int, str | None, list[str]]:
+        """One scan step: entries scanned, the last one's score, the matching ids."""
         top = "+inf" if cursor is None else f"({cursor}"
-        flat = self._metas(keys=[self._entries, self._index], args=[top, size])
-        metas: list[Meta] = []
-        for at in range(0, len(flat), 3):
-            member, score, line = flat[at : at + 3]
-            id = member.decode("utf-8", "replace") if isinstance(member, bytes) else str(member)
-            metas.append(meta_of(_score(score), id, line))
-        return metas
+        before = flt.before_ts
+        args = [
+            top,
+            size,
+            need,
+            flt.reason or "",
+            flt.task or "",
+            "" if flt.version is None else str(flt.version),
+            "" if before is None else repr(before),
+        ]
+        scanned, last, *ids = self._match(keys=[self._entries, self._index], args=args)
+        names = [i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i) for i in ids]
+        return int(scanned), _score(last) if last else None, names
+
+    def _all_matches(self, flt: DeadLetterFilter) -> Iterator[str]:
+        cursor = None
+        while True:
+            scanned, cursor, ids = self._matches(flt, cursor, SCAN_CHUNK, SCAN_CHUNK)
+            yield from ids
+            if scanned < SCAN_CHUNK or cursor is None:
+                return
+
+    def _select_scan(
+        self, flt: DeadLetterFilter, cursor: str | None, offset: int, limit: int, scan_limit: int
+    ) -> DeadLetterPage:
+        found: list[str] = []
+        scanned = skipped = 0
+        while True:
+            size = min(SCAN_CHUNK, scan_limit - scanned)
+            need = limit - len(found) + offset - skipped
+            if size <= 0:
+                return DeadLetterPage(self.fetch(found), cursor, scanned, exhaustive=False)
+            step, last, ids = self._matches(flt, cursor, size, need)
+            scanned += step
+            cursor = last if last is not None else cursor
+            for id in ids:
+                if skipped < offset:
+                    skipped += 1
+                else:
+                    found.append(id)
+            if len(found) >= limit:
+                return DeadLetterPage(self.fetch(found), cursor, scanned)
+            if step < size:
+                return DeadLetterPage(self.fetch(found), None, scanned)
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        counts = DeadLetterCounts(total=self.count(), counted=0)
+        counted, cursor = 0, None
+        while scan_limit is None or counted < scan_limit:
+            size = SCAN_CHUNK if scan_limit is None else min(SCAN_CHUNK, scan_limit - counted)
+            top = "+inf" if cursor is None else f"({cursor}"
+            step, last, *groups = self._tally(keys=[self._entries, self._index], args=[top, size])
+            counted += int(step)
+            for at in range(0, len(groups), 2):
+                reason, task, version = bytes(groups[at]).decode("utf-8", "replace").split("\0")
+                counts.add(
+                    reason if reason in REASONS else "undecodable",
+                    task or None,
+                    int(version) if version.lstrip("-").isdigit() else None,
+                    int(groups[at + 1]),
+                )
+            if int(step) < size or not last:
+                break
+            cursor = _score(last)
+        return replace(
+            counts,
+            total=max(counts.total, counted),
+            counted=counted,
+            exhaustive=counted >= counts.total,
+        )
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        return sum(1 for _ in self._all_matches(flt))
 
     def fetch(self, ids: list[str]) -> list[DeadLetter]:
         rows = self._conn.hmget(self._entries, ids) if ids else []
@@ -1240,9 +1372,7 @@ class RedisBackend(_Scanning):
         scan_limit: int,
     ) -> DeadLetterPage:
         if not flt.empty:
-            return super().select(
-                flt, cursor=cursor, offset=offset, limit=limit, scan_limit=scan_limit
-            )
+            return self._select_scan(flt, cursor, offset, limit, scan_limit)
         # No filter: straight from the index, whatever the offset (O(log N + limit)).
         top = "+inf" if cursor is None else f"({cursor}"
         pairs = self._conn.zrevrangebyscore(
@@ -1254,7 +1384,7 @@ class RedisBackend(_Scanning):
         return DeadLetterPage(entries, _score(pairs[limit - 1][1]) if more else None)
 
     def delete_where(self, flt: DeadLetterFilter) -> int:
-        ids = scan_count(self.meta_chunk, flt)
+        ids = list(self._all_matches(flt))
         removed = 0
         for start in range(0, len(ids), 1000):
             batch = ids[start : start + 1000]

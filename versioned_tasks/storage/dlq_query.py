@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_SCAN_LIMIT",
+    "SCAN_CHUNK",
     "DeadLetterCounts",
     "DeadLetterFilter",
     "DeadLetterPage",

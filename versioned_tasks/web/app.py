@@ -41,6 +41,9 @@ __all__ = ["create_app"]
 PAGE_SIZE: Final = 50
 #: Entries a filtered page or the counts read at most where the store scans.
 SCAN_LIMIT: Final = 100_000
+#: Entries the counts by reason and task read at most where the store scans (the
+#: list offers to count them all).
+COUNT_LIMIT: Final = 20_000
 #: Entries a dry-run preview or a "replay matching" shows or handles per request.
 BATCH: Final = 200
 #: Bytes of an entry shown as hex and as text.
@@ -187,7 +190,7 @@ class Console:
 
     def overview(self, request: Request) -> Response:
         huey = self.huey
-        counts = huey.dead_letters.counts(scan_limit=SCAN_LIMIT)
+        counts = huey.dead_letters.counts(scan_limit=COUNT_LIMIT)
         return self.render(
             request,
             "overview.html",
@@ -212,7 +215,8 @@ class Console:
             scan_limit=SCAN_LIMIT,
             **flt.store_kwargs(),
         )
-        counts = store.counts(scan_limit=SCAN_LIMIT)
+        count_all = params.get("count") == "all"
+        counts = store.counts(scan_limit=None if count_all else COUNT_LIMIT)
         return self.render(
             request,
             "dead_letters.html",
