@@ -8,7 +8,7 @@ thread and times over HTTP:
 
 - the dead-letter list, first page (with its counts by reason and task);
 - a filtered page (one reason), and a filter on a rare task (the slowest kind
-  on a store that filters by scanning: Redis stops after 100,000 entries);
+  on a store that filters by scanning: Redis stops after 50,000 entries);
 - a deep page (offset 90% into the store);
 - the census page (time to first byte, and until the last byte).
 

@@ -888,9 +888,11 @@ class SqliteBackend(_SqlBackend):
         "queue text not null, reason text not null, task text, version integer, "
         "raw blob not null, error text not null, created_at real not null)",
         "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
-        # Counts by reason and task from the index alone, never the rows' bytes.
+        # Counts by reason and task from the index alone, never the rows' bytes;
+        # a page of one task newest first (the rowid closes every index).
         "create index if not exists vt_dead_letters_queue_reason "
         "on vt_dead_letters (queue, reason, task, version)",
+        "create index if not exists vt_dead_letters_queue_task on vt_dead_letters (queue, task)",
     )
 
     _EXISTS = "select count(*) from sqlite_master where type = 'table' and name = ?"
@@ -943,6 +945,8 @@ class PostgresBackend(_SqlBackend):
             f"create index if not exists {self.table}_queue_seq on {self.table} (queue, seq)",
             f"create index if not exists {self.table}_queue_reason "
             f"on {self.table} (queue, reason, task, version)",
+            f"create index if not exists {self.table}_queue_task "
+            f"on {self.table} (queue, task, seq)",
         )
 
     def ensure_table(self) -> None:
@@ -1250,17 +1254,43 @@ class RedisBackend:
         return int(count)
 
     def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
-        # By sequence number (the index's unique scores), so that entries added or
-        # replayed meanwhile never shift the ones left to read.
-        conn, last = self._conn, "-inf"
-        while True:
-            ids = conn.zrangebyscore(self._index, last, "+inf", start=0, num=size, withscores=True)
-            if ids:
-                rows = conn.hmget(self._entries, [member for member, _ in ids])
-                yield [(_dead_meta(row), 1) for row in rows if row is not None]
-            if len(ids) < size:
+        # Counted in Redis, newest first by sequence number (the index's unique
+        # scores, so that entries added or replayed meanwhile never shift the ones
+        # left to read): only the counts come back, never the entries' bytes.
+        for _, groups in self._tally_steps(None, size):
+            by_identity: dict[Identity, int] = {}
+            for _, task, version, count in groups:
+                by_identity[task, version] = by_identity.get((task, version), 0) + count
+            yield list(by_identity.items())
+
+    def _tally_steps(
+        self, scan_limit: int | None, size: int = SCAN_CHUNK
+    ) -> Iterator[tuple[int, list[tuple[str, str | None, int | None, int]]]]:
+        """Scan steps of the tally script: entries read, and (reason, task, version,
+        count) groups, newest first, until ``scan_limit`` entries (None: all)."""
+        counted, cursor = 0, None
+        while scan_limit is None or counted < scan_limit:
+            step_size = size if scan_limit is None else min(size, scan_limit - counted)
+            top = "+inf" if cursor is None else f"({cursor}"
+            step, last, *flat = self._tally(
+                keys=[self._entries, self._index], args=[top, step_size]
+            )
+            counted += int(step)
+            groups: list[tuple[str, str | None, int | None, int]] = []
+            for at in range(0, len(flat), 2):
+                reason, task, version = bytes(flat[at]).decode("utf-8", "replace").split("\0")
+                groups.append(
+                    (
+                        reason if reason in REASONS else "undecodable",
+                        task or None,
+                        int(version) if version.lstrip("-").isdigit() else None,
+                        int(flat[at + 1]),
+                    )
+                )
+            yield int(step), groups
+            if int(step) < step_size or not last:
                 return
-            last = f"({ids[-1][1]!r}"
+            cursor = _score(last)
 
     def census_count(self) -> int:
         return self.count()
@@ -1329,23 +1359,11 @@ class RedisBackend:
 
     def tally(self, scan_limit: int | None) -> DeadLetterCounts:
         counts = DeadLetterCounts(total=self.count(), counted=0)
-        counted, cursor = 0, None
-        while scan_limit is None or counted < scan_limit:
-            size = SCAN_CHUNK if scan_limit is None else min(SCAN_CHUNK, scan_limit - counted)
-            top = "+inf" if cursor is None else f"({cursor}"
-            step, last, *groups = self._tally(keys=[self._entries, self._index], args=[top, size])
-            counted += int(step)
-            for at in range(0, len(groups), 2):
-                reason, task, version = bytes(groups[at]).decode("utf-8", "replace").split("\0")
-                counts.add(
-                    reason if reason in REASONS else "undecodable",
-                    task or None,
-                    int(version) if version.lstrip("-").isdigit() else None,
-                    int(groups[at + 1]),
-                )
-            if int(step) < size or not last:
-                break
-            cursor = _score(last)
+        counted = 0
+        for step, groups in self._tally_steps(scan_limit):
+            counted += step
+            for group in groups:
+                counts.add(*group)
         return replace(
             counts,
             total=max(counts.total, counted),

@@ -39,8 +39,9 @@ __all__ = ["create_app"]
 
 #: Entries per page of the list.
 PAGE_SIZE: Final = 50
-#: Entries a filtered page or the counts read at most where the store scans.
-SCAN_LIMIT: Final = 100_000
+#: Entries a filtered page reads at most where the store scans (Redis, memory,
+#: files); its "Older" link carries on from there.
+SCAN_LIMIT: Final = 50_000
 #: Entries the counts by reason and task read at most where the store scans (the
 #: list offers to count them all).
 COUNT_LIMIT: Final = 20_000
