@@ -297,7 +297,7 @@ class Console:
         )
 
     def _chosen(self, ids: list[str], flt: Filter) -> tuple[list[DeadLetter], bool]:
-        """The entries named by id, else the oldest ``BATCH`` matching the filter."""
+        """The entries named by id, else the newest ``BATCH`` matching the filter, oldest first."""
         store = self.huey.dead_letters
         if ids:
             entries = []
