@@ -3,10 +3,16 @@
 ::
 
     versioned-tasks demo [--dir PATH] [--keep]
-    versioned-tasks dlq list    --app module.attr [--limit N] [--reason R] [--json]
+    versioned-tasks dlq list    --app module.attr [--limit N] [--reason R] [--task NAME]
+                                [--version N] [--json]
     versioned-tasks dlq show    ID --app module.attr [--json]
     versioned-tasks dlq replay  (ID | --all [--reason R]) --app module.attr [--dry-run]
-    versioned-tasks dlq purge   --app module.attr [--yes]
+                                [--legacy-pickle] [--require-worker]
+    versioned-tasks dlq edit    ID --app module.attr [--set FIELD=VALUE ...] [--require-worker]
+    versioned-tasks dlq delete  ID... --app module.attr
+    versioned-tasks dlq purge   --app module.attr [--reason R] [--task NAME] [--version N]
+                                [--older-than AGE] [--yes]
+    versioned-tasks web    --app module.attr [--host 127.0.0.1] [--port 8090] [--token T]
     versioned-tasks migrate-queue --app module.attr [--dry-run] [--legacy-pickle]
     versioned-tasks lock   --app module.attr [--lock PATH]
     versioned-tasks check  --app module.attr [--lock PATH] [--frozen]
@@ -24,16 +30,19 @@ set up and its apps' ``tasks`` modules imported first, and ``--app`` defaults to
 djhuey's instance.
 
 Exit codes: 0 when all went well, 1 when problems were found (a replay that
-still fails, a declined purge), 2 when the command could not run (an app that
+still fails, a declined purge, edited arguments that do not validate, a replay
+refused by --require-worker), 2 when the command could not run (an app that
 does not import, an unknown id, a bad option).
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import functools
 import json
 import os
+import re
 import sqlite3
 import sys
 from collections.abc import Callable, Iterable
@@ -42,7 +51,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-import orjson
 from rich.console import Console, Group
 from rich.json import JSON
 from rich.panel import Panel
@@ -55,23 +63,21 @@ from ..app import declare as _declare
 from ..app import fleet as _fleet
 from ..app.huey import VersionedHuey
 from ..app.loader import import_app
-from ..app.serializer import VersionedSerializer
 from ..exceptions import (
     ConfigurationError,
     DeadLetterNotFound,
-    DecodeError,
-    MessageRejected,
+    InvalidArguments,
     ReplayFailed,
     VersionedTaskError,
 )
 from ..messages import legacy as _legacy
-from ..messages.readwrite import REASONS
+from ..messages.readwrite import REASONS, Rejected
 from ..ops import census as _census
+from ..ops import dead_letters as _dead_letters
 from ..ops import lock as _lock
 from ..ops import makemigrations as _makemigrations
 from ..ops import migrate_queue as _migrate_queue
 from ..storage.deadletters import DeadLetter
-from ..wire import envelope as _envelope
 from . import demo as _demo
 
 __all__ = ["main"]
@@ -249,37 +255,94 @@ def dlq() -> None:
 # -- dlq list ------------------------------------------------------------------------------
 
 
+_EVERYTHING = sys.maxsize
+
+
+def _filter_options(func: F) -> F:
+    func = click.option(
+        "--version",
+        "version",
+        type=click.IntRange(min=0),
+        help="Only entries of this schema version on the wire.",
+    )(func)
+    func = click.option(
+        "--task", "task", metavar="NAME", help="Only entries of this task (its name on the wire)."
+    )(func)
+    return click.option(
+        "--reason", type=click.Choice(REASONS), help="Only entries with this reason."
+    )(func)
+
+
+@dataclass(frozen=True)
+class _Filter:
+    reason: str | None = None
+    task: str | None = None
+    version: int | None = None
+    before: datetime.datetime | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.reason:
+            parts.append(f"reason {self.reason!r}")
+        if self.task:
+            parts.append(f"task {self.task!r}")
+        if self.version is not None:
+            parts.append(f"version {self.version}")
+        if self.before is not None:
+            parts.append(f"created before {self.before:%Y-%m-%d %H:%M:%S} UTC")
+        return f" with {' and '.join(parts)}" if parts else ""
+
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "reason": self.reason,
+            "task": self.task,
+            "version": self.version,
+            "before": self.before,
+        }
+
+
 @dlq.command("list")
 @_app_option
 @click.option("--limit", type=click.IntRange(min=1), help="Show at most N entries.")
-@click.option("--reason", type=click.Choice(REASONS), help="Only entries with this reason.")
+@_filter_options
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @_handles_errors
-def list_command(app_path: str, limit: int | None, reason: str | None, as_json: bool) -> None:
+def list_command(
+    app_path: str,
+    limit: int | None,
+    reason: str | None,
+    task: str | None,
+    version: int | None,
+    as_json: bool,
+) -> None:
     """List dead letters, newest first."""
     app = load_app(app_path)
-    entries = _select(app, reason=reason, limit=limit)
+    flt = _Filter(reason, task, version)
+    entries = _select(app, flt, limit=limit)
     if as_json:
         click.echo(json.dumps([_entry_json(e) for e in entries], indent=2))
         return
     console = _console()
     if not entries:
-        _line(console, f"No dead letters{_for_reason(reason)} in queue {app.name!r}.")
+        _line(console, f"No dead letters{flt.describe()} in queue {app.name!r}.")
         return
     console.print(_entries_table(entries, title=f"Dead letters of {app.name!r}"))
     _line(console, f"{len(entries)} shown of {len(app.dead_letters)} in the store.")
 
 
-def _select(app: VersionedHuey, *, reason: str | None, limit: int | None) -> list[DeadLetter]:
-    store = app.dead_letters
-    if reason is None:
-        return store.list(limit)
-    selected = []
-    for entry in store:
-        if entry.reason == reason:
-            selected.append(entry)
-            if limit is not None and len(selected) >= limit:
-                break
+def _select(app: VersionedHuey, flt: _Filter, *, limit: int | None) -> list[DeadLetter]:
+    """The newest ``limit`` entries that match (all of them when None), page by page."""
+    selected: list[DeadLetter] = []
+    cursor = None
+    while limit is None or len(selected) < limit:
+        size = 500 if limit is None else min(500, limit - len(selected))
+        page = app.dead_letters.page(
+            limit=size, cursor=cursor, scan_limit=_EVERYTHING, **flt.kwargs()
+        )
+        selected.extend(page.entries)
+        cursor = page.next_cursor
+        if cursor is None:
+            break
     return selected
 
 
@@ -324,37 +387,7 @@ def _shorten(text: str, width: int) -> str:
 # -- dlq show ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Decoded:
-    header: dict[str, Any] | None
-    body: Any
-    problem: str | None
-
-
-def _decode(raw: bytes, app: Any) -> _Decoded:
-    # Only the envelope is ever parsed: anything else is shown as bytes. The
-    # app's own serializer checks signatures; an envelope whose signature does
-    # not check is still shown, marked as unverified.
-    # (With legacy_pickle, app.serializer wraps the VersionedSerializer and
-    # passes unpack through.)
-    unpack = getattr(app.serializer, "unpack", None) or VersionedSerializer().unpack
-    problem = None
-    try:
-        header, body = unpack(raw)
-    except DecodeError as exc:
-        inner = _envelope.signed_content(raw)
-        if inner is None:
-            return _Decoded(None, None, str(exc))
-        try:
-            limit = max(len(inner), _envelope.DEFAULT_MAX_SIZE)
-            header, body = VersionedSerializer(max_size=limit).unpack(inner)
-        except DecodeError:
-            return _Decoded(None, None, str(exc))
-        problem = f"Signature not verified, shown as written: {exc}"
-    try:
-        return _Decoded(header, orjson.loads(body), problem)
-    except orjson.JSONDecodeError as exc:
-        return _Decoded(header, None, f"Envelope body is not valid JSON: {exc}")
+_decode = _dead_letters.decode
 
 
 @dlq.command("show")
@@ -427,55 +460,15 @@ def _raw_preview(raw: bytes) -> Group:
 # -- dlq replay ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    ok: bool
-    text: str
+_check = _dead_letters.preview
 
 
-def _check(app: VersionedHuey, entry: DeadLetter) -> _Verdict:
-    """What a replay would do now, without enqueueing or changing anything."""
-    if entry.corrupt:
-        return _Verdict(False, "would fail: the stored entry is corrupt; recover it by hand")
-    if _legacy.is_legacy(entry.raw):
-        # Reading it would unpickle it, even with legacy_pickle on: only a
-        # real replay, asked for by name, may do that.
-        return _Verdict(
-            False,
-            "not checked: legacy pickle, which is unpickled only by a replay of this "
-            "entry on an app with legacy_pickle=True",
-        )
-    try:
-        task = app.deserialize_task(entry.raw)
-    except MessageRejected as exc:
-        if exc.reason == "retired" and _has_tombstone_handler(app, exc.task):
-            return _Verdict(True, f"would go to the tombstone handler of {exc.task!r}")
-        return _Verdict(False, f"would fail again ({exc.reason}): {exc.error}")
-    return _Verdict(True, f"would run as {_describe_task(entry, task)}")
-
-
-def _has_tombstone_handler(app: VersionedHuey, task: str | None) -> bool:
-    if task is None:
-        return False
-    tomb = app.schema.tombstones.get(app.schema.resolve(task))
-    return tomb is not None and tomb.handler is not None
-
-
-def _describe_task(entry: DeadLetter, task: Any) -> str:
-    spec = getattr(type(task), "_vt_spec", None)
-    if spec is None:  # a plain @huey.task(): its registry key is its name on the wire
-        name, version = f"{type(task).__module__}.{type(task).__name__}", None
-    else:
-        name, version = spec.name, spec.version
-    steps = [f"{name} v{version}" if version is not None else name]
-    if entry.task is not None and entry.task != name:
-        steps.append(f"renamed from {entry.task}")
-    if version is not None and entry.version is not None and entry.version < version:
-        steps.append(f"upcast {entry.version}->{version}")
-    arguments = ", ".join(
-        [*(repr(a) for a in task.args), *(f"{k}={v!r}" for k, v in task.kwargs.items())]
-    )
-    return f"{', '.join(steps)} with ({_shorten(arguments, 200)})"
+def _worker_options(func: F) -> F:
+    return click.option(
+        "--require-worker",
+        is_flag=True,
+        help="Refuse (exit 1) when no live worker is known to run the replayed task version.",
+    )(func)
 
 
 @dlq.command("replay")
@@ -486,14 +479,30 @@ def _describe_task(entry: DeadLetter, task: Any) -> str:
     "--reason", type=click.Choice(REASONS), help="With --all: only entries with this reason."
 )
 @click.option("--dry-run", is_flag=True, help="Only report what would happen; change nothing.")
+@click.option(
+    "--legacy-pickle",
+    "unpickle",
+    is_flag=True,
+    help="Unpickle legacy pickled entries to replay them, even though the app has "
+    "legacy_pickle off (unpickling runs code).",
+)
+@_worker_options
 @_handles_errors
 def replay_command(
-    entry_id: str | None, app_path: str, replay_all: bool, reason: str | None, dry_run: bool
+    entry_id: str | None,
+    app_path: str,
+    replay_all: bool,
+    reason: str | None,
+    dry_run: bool,
+    unpickle: bool,
+    require_worker: bool,
 ) -> None:
     """Run dead letters through today's pipeline and enqueue the ones that now work.
 
     An entry that still fails keeps its id and gets the new reason; the exit
-    code is then 1.
+    code is then 1. Before enqueueing, the fleet's heartbeats are read: when no
+    live worker runs the task at the version replayed, a warning says so, and
+    --require-worker refuses (exit 1).
     """
     if (entry_id is None) == (not replay_all):
         raise click.UsageError("Give either a dead-letter ID or --all.")
@@ -505,17 +514,42 @@ def replay_command(
         entries = [app.dead_letters.get(entry_id)]
     else:
         # Oldest first, so that the replayed messages keep their order on the queue.
-        entries = _select(app, reason=reason, limit=None)[::-1]
+        entries = _select(app, _Filter(reason), limit=None)[::-1]
     console = _console()
     if not entries:
         _line(console, f"No dead letters{_for_reason(reason)} to replay.")
         return
-    replay = _dry_replay if dry_run else _replay
-    failed = sum(not replay(console, app, entry) for entry in entries)
+    if not dry_run:
+        _check_fleet(console, app, entries, require=require_worker)
+    converter = _converter(app, unpickle)
+    if dry_run:
+        failed = sum(not _dry_replay(console, app, entry) for entry in entries)
+    else:
+        failed = sum(not _replay(console, app, entry, converter) for entry in entries)
     if replay_all or dry_run:
         _line(console, _summary(len(entries), failed, dry_run=dry_run))
     if failed:
         sys.exit(EXIT_PROBLEMS)
+
+
+def _converter(app: VersionedHuey, unpickle: bool) -> _legacy.LegacyConverter | None:
+    """The legacy converter --legacy-pickle asks for (None when the app reads
+    legacy pickle itself, or when not asked)."""
+    if not unpickle or app.legacy_converter is not None:
+        return None
+    return _legacy.build_converter(True, app.schema, app.task_classes, app.message_writer)
+
+
+def _check_fleet(
+    console: Console, app: VersionedHuey, entries: list[DeadLetter], *, require: bool
+) -> None:
+    warning = _dead_letters.worker_warning(app, entries)
+    if warning is None:
+        return
+    if require:
+        click.echo(f"Refused (--require-worker): {warning}", err=True)
+        sys.exit(EXIT_PROBLEMS)
+    click.echo(f"Warning: {warning}", err=True)
 
 
 def _dry_replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
@@ -524,9 +558,17 @@ def _dry_replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool
     return verdict.ok
 
 
-def _replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
+def _replay(
+    console: Console,
+    app: VersionedHuey,
+    entry: DeadLetter,
+    converter: _legacy.LegacyConverter | None = None,
+) -> bool:
     try:
-        result = app.dead_letters.replay(entry.id)
+        if converter is not None and _legacy.is_legacy(entry.raw):
+            result = _replay_legacy(app, entry, converter)
+        else:
+            result = app.dead_letters.replay(entry.id)
     except DeadLetterNotFound:
         _line(console, f"{entry.id} ({_identity(entry)}): no longer in the store; skipped.")
         return True
@@ -538,6 +580,22 @@ def _replay(console: Console, app: VersionedHuey, entry: DeadLetter) -> bool:
     enqueued = f"enqueued as task {result.id}" if result is not None else "enqueued"
     _line(console, f"{entry.id} ({_identity(entry)}): replayed, {enqueued}.")
     return True
+
+
+def _replay_legacy(
+    app: VersionedHuey, entry: DeadLetter, converter: _legacy.LegacyConverter
+) -> Any:
+    """Unpickle a legacy entry (asked for by --legacy-pickle) and replay its envelope."""
+    converted = converter.convert(entry.raw)
+    if isinstance(converted, Rejected):
+        raise ReplayFailed(
+            id=entry.id,
+            reason=converted.reason,
+            task=converted.task,
+            version=converted.version,
+            error=f"Legacy pickle: {converted.error}",
+        )
+    return app.dead_letters.replay_as(entry.id, converted)
 
 
 def _identity(entry: DeadLetter) -> str:
@@ -559,24 +617,220 @@ def _summary(total: int, failed: int, *, dry_run: bool) -> str:
 # -- dlq purge -----------------------------------------------------------------------------
 
 
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def _older_than(value: str | None) -> datetime.datetime | None:
+    """``--older-than``: a duration (``90s``, ``30m``, ``12h``, ``7d``, ``2w``) or an
+    ISO 8601 time (UTC when it names no zone)."""
+    if value is None:
+        return None
+    now = datetime.datetime.now(datetime.UTC)
+    match = _DURATION.fullmatch(value.strip())
+    if match:
+        return now - datetime.timedelta(seconds=float(match[1]) * _UNITS[match[2]])
+    try:
+        when = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is neither a duration (90s, 30m, 12h, 7d, 2w) nor an ISO 8601 time.",
+            param_hint="--older-than",
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
 @dlq.command("purge")
 @_app_option
+@_filter_options
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="AGE",
+    help="Only entries older than AGE (90s, 30m, 12h, 7d, 2w) or created before an ISO 8601 time.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @_handles_errors
-def purge_command(app_path: str, yes: bool) -> None:
-    """Delete every dead letter of the app's queue."""
+def purge_command(
+    app_path: str,
+    reason: str | None,
+    task: str | None,
+    version: int | None,
+    older_than: str | None,
+    yes: bool,
+) -> None:
+    """Delete the dead letters of the app's queue: all of them, or those matching
+    --reason, --task, --version and --older-than. Says how many and asks first."""
     app = load_app(app_path)
-    count = len(app.dead_letters)
+    flt = _Filter(reason, task, version, _older_than(older_than))
+    count = app.dead_letters.count(**flt.kwargs())
     if count == 0:
-        click.echo(f"No dead letters in queue {app.name!r}.")
+        click.echo(f"No dead letters{flt.describe()} in queue {app.name!r}.")
         return
+    every = "all " if not flt.describe() else ""
     if not yes and not click.confirm(
-        f"Delete all {count} dead letters of queue {app.name!r}? Their bytes are lost."
+        f"Delete {every}{count} dead letters{flt.describe()} of queue {app.name!r}? "
+        f"Their bytes are lost."
     ):
         click.echo("Nothing was deleted.")
         sys.exit(EXIT_PROBLEMS)
-    removed = app.dead_letters.purge()
-    click.echo(f"Deleted {removed} dead letters from queue {app.name!r}.")
+    removed = app.dead_letters.purge_matching(**flt.kwargs())
+    click.echo(f"Deleted {removed} dead letters{flt.describe()} from queue {app.name!r}.")
+
+
+# -- dlq delete ----------------------------------------------------------------------------
+
+
+@dlq.command("delete")
+@click.argument("entry_ids", metavar="ID...", nargs=-1, required=True)
+@_app_option
+@_handles_errors
+def delete_command(entry_ids: tuple[str, ...], app_path: str) -> None:
+    """Delete dead letters by id. An unknown id deletes nothing and exits 2."""
+    app = load_app(app_path)
+    store = app.dead_letters
+    unknown = [id for id in entry_ids if not _exists(store, id)]
+    if unknown:
+        raise CannotRun(
+            f"No dead letter with id {', '.join(map(repr, unknown))} in queue {app.name!r}; "
+            f"nothing was deleted (`versioned-tasks dlq list` shows the ids)."
+        )
+    for id in dict.fromkeys(entry_ids):
+        if store.delete(id):
+            click.echo(f"Deleted {id}.")
+        else:
+            click.echo(f"{id} was already gone.")
+
+
+def _exists(store: Any, id: str) -> bool:
+    try:
+        store.get(id)
+    except DeadLetterNotFound:
+        return False
+    return True
+
+
+# -- dlq edit ------------------------------------------------------------------------------
+
+
+def _parse_set(items: tuple[str, ...]) -> dict[str, Any]:
+    """``--set field=value``: the value read as JSON when it is JSON, else as text."""
+    changes: dict[str, Any] = {}
+    for item in items:
+        field, equals, text = item.partition("=")
+        if not equals or not field:
+            raise click.BadParameter(f"{item!r} is not field=value.", param_hint="--set")
+        try:
+            changes[field] = json.loads(text)
+        except json.JSONDecodeError:
+            changes[field] = text
+    return changes
+
+
+@dlq.command("edit")
+@click.argument("entry_id", metavar="ID")
+@_app_option
+@click.option(
+    "--set",
+    "settings",
+    metavar="FIELD=VALUE",
+    multiple=True,
+    help="Set one argument (VALUE read as JSON, else as text) instead of opening $EDITOR; "
+    "repeat for several.",
+)
+@_worker_options
+@_handles_errors
+def edit_command(
+    entry_id: str, app_path: str, settings: tuple[str, ...], require_worker: bool
+) -> None:
+    """Fix a dead letter's arguments, then replay it.
+
+    Opens $EDITOR on the arguments as JSON (upcast to the task's current
+    version), or applies --set. The edited arguments are validated against the
+    task's current model before anything is enqueued; the message keeps its id,
+    scheduling fields and callbacks. The entry is removed only once the edited
+    message is on the queue. Invalid arguments exit 1 and change nothing.
+    """
+    app = load_app(app_path)
+    app.check_schemas()
+    entry = app.dead_letters.get(entry_id)
+    current = _dead_letters.editable(app, entry)
+    console = _console()
+    if current.note:
+        _line(console, current.note)
+    if settings:
+        arguments: Any = {**current.arguments, **_parse_set(settings)}
+    else:
+        arguments = _edit_in_editor(current)
+        if arguments is None:
+            _line(console, "No change: nothing was replayed.")
+            sys.exit(EXIT_PROBLEMS)
+    try:
+        raw = _dead_letters.edited_message(app, entry, arguments)
+    except InvalidArguments as exc:
+        _line(console, f"{entry.id}: not replayed, the entry is unchanged. {exc}")
+        sys.exit(EXIT_PROBLEMS)
+    _check_fleet(console, app, [entry], require=require_worker)
+    try:
+        result = app.dead_letters.replay_as(entry.id, raw)
+    except ReplayFailed as exc:
+        _line(console, f"{entry.id}: edited message still fails ({exc.reason}): {exc.error}")
+        sys.exit(EXIT_PROBLEMS)
+    enqueued = f"enqueued as task {result.id}" if result is not None else "enqueued"
+    _line(
+        console,
+        f"{entry.id} ({current.task} v{current.version}): edited and replayed, {enqueued}.",
+    )
+
+
+def _edit_in_editor(current: _dead_letters.Editable) -> Any:
+    """The arguments as edited in $EDITOR; None when unchanged or left empty."""
+    text = json.dumps(current.arguments, indent=2, ensure_ascii=False) + "\n"
+    edited = click.edit(text, extension=".json")
+    if edited is None or not edited.strip() or edited == text:
+        return None
+    try:
+        return json.loads(edited)
+    except json.JSONDecodeError as exc:
+        raise CannotRun(
+            f"The edited arguments are not JSON: {exc}; nothing was replayed."
+        ) from None
+
+
+# -- web ------------------------------------------------------------------------------------
+
+
+@main.command("web", short_help="Serve the operations console in the browser.")
+@_app_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--token",
+    envvar="VERSIONED_TASKS_WEB_TOKEN",
+    metavar="SECRET",
+    help="Secret that allows replay, edit, delete and purge (env VERSIONED_TASKS_WEB_TOKEN); "
+    "without it the console is read-only.",
+)
+@_handles_errors
+def web_command(app_path: str, host: str, port: int, token: str | None) -> None:
+    """Dead letters, census and fleet in the browser (read-only without a token).
+
+    Binds to 127.0.0.1 by default: put it behind your own authentication
+    before exposing it further.
+    """
+    try:
+        import uvicorn
+
+        from ..web import create_app
+    except ImportError as exc:
+        raise CannotRun(
+            f"The console needs the web extra ({exc.name} is missing): "
+            f"pip install 'versioned-tasks[web]'"
+        ) from None
+    app = load_app(app_path)
+    mode = "token required for changes" if token else "read-only (no --token)"
+    click.echo(f"Console of queue {app.name!r} on http://{host}:{port}/ ({mode}).", err=True)
+    uvicorn.run(create_app(app, token=token), host=host, port=port, log_level="warning")
 
 
 # -- migrate-queue --------------------------------------------------------------------------

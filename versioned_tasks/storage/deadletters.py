@@ -13,6 +13,7 @@ commit never enqueues the message twice, and never loses it.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import math
 import os
@@ -21,7 +22,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, cast
 
@@ -31,11 +32,26 @@ from huey.storage import FileStorage, MemoryStorage, PostgresStorage, RedisStora
 from ..exceptions import DeadLetterNotFound, MessageRejected, ReplayFailed
 from ..messages.readwrite import REASONS
 from ..messages.reasons import Reason
+from .dlq_query import (
+    DEFAULT_SCAN_LIMIT,
+    SCAN_CHUNK,
+    DeadLetterCounts,
+    DeadLetterFilter,
+    DeadLetterPage,
+    Meta,
+    meta_of,
+    scan_count,
+    scan_select,
+    scan_tally,
+)
 from .scan import DeadChunk, Identity, chunks_of
 
 __all__ = [
     "DeadLetter",
     "DeadLetterBackend",
+    "DeadLetterCounts",
+    "DeadLetterFilter",
+    "DeadLetterPage",
     "DeadLetterStore",
     "FileBackend",
     "MemoryBackend",
@@ -259,6 +275,30 @@ class DeadLetterBackend(Protocol):
         """How many entries there are, without creating the store if never used."""
         ...
 
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        """A page of the entries ``flt`` selects, newest first."""
+        ...
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        """Counts by reason and by task and version."""
+        ...
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        """How many entries ``flt`` selects."""
+        ...
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        """Remove the entries ``flt`` selects; returns how many."""
+        ...
+
 
 class DeadLetterStore:
     """The dead-letter store of one app: ``huey.dead_letters``.
@@ -391,11 +431,151 @@ class DeadLetterStore:
         """Remove every entry; returns how many there were."""
         return self._backend.purge()
 
+    # -- pages, counts and filters (the console, ``dlq list``/``purge`` filters) ----
+
+    def page(
+        self,
+        *,
+        limit: int = 50,
+        cursor: str | None = None,
+        offset: int = 0,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+        scan_limit: int = DEFAULT_SCAN_LIMIT,
+    ) -> DeadLetterPage:
+        """One page of entries, newest first, never reading the whole store.
+
+        Args:
+            limit: entries per page.
+            cursor: the ``next_cursor`` of the previous page (None: from the newest).
+            offset: entries (matching ones, with a filter) to skip first.
+            reason, task, version: only entries with this reason, task name on
+                the wire, schema version.
+            before: only entries created before this time.
+            scan_limit: on backends that filter by scanning (memory, files,
+                Redis), the most entries whose metadata are read for this page;
+                the page says whether it stopped there. SQL backends filter in
+                the database and ignore it.
+        """
+        flt = DeadLetterFilter(reason, task, version, before)
+        return self._backend.select(
+            flt, cursor=cursor, offset=max(offset, 0), limit=max(limit, 1), scan_limit=scan_limit
+        )
+
+    def counts(self, *, scan_limit: int | None = DEFAULT_SCAN_LIMIT) -> DeadLetterCounts:
+        """How many entries there are by reason and by task and version.
+
+        SQL backends count in the database. The others read each entry's
+        metadata (never its message bytes, on Redis), newest first, up to
+        ``scan_limit`` entries (None: all); ``exhaustive`` says whether the
+        counts cover the whole store.
+        """
+        return self._backend.tally(scan_limit)
+
+    def count(
+        self,
+        *,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+    ) -> int:
+        """How many entries match (all of them without a filter); on backends
+        that scan, this reads every entry's metadata."""
+        flt = DeadLetterFilter(reason, task, version, before)
+        return len(self) if flt.empty else self._backend.count_where(flt)
+
+    def purge_matching(
+        self,
+        *,
+        reason: str | None = None,
+        task: str | None = None,
+        version: int | None = None,
+        before: datetime.datetime | None = None,
+    ) -> int:
+        """Remove the entries that match; returns how many (every entry without a filter)."""
+        flt = DeadLetterFilter(reason, task, version, before)
+        return self._backend.purge() if flt.empty else self._backend.delete_where(flt)
+
+    def replay_as(self, id: str, raw: bytes) -> Any:
+        """Replay an entry with ``raw`` in place of its stored bytes (an edited message).
+
+        ``raw`` runs through today's pipeline and is enqueued; the entry is
+        removed in the same step of the backend, only once the enqueue
+        succeeded. When ``raw`` cannot run, the entry is left as it was.
+
+        Raises:
+            DeadLetterNotFound: there is no such entry (any more).
+            ReplayFailed: ``raw`` cannot run (the entry is unchanged).
+        """
+        entry = self.get(id)
+        try:
+            requeue = self._replay(raw)
+        except MessageRejected as exc:
+            raise ReplayFailed(
+                id=id, reason=exc.reason, task=exc.task, version=exc.version, error=exc.error
+            ) from None
+        if not self._backend.take(entry.id, requeue.data, requeue.priority):
+            raise DeadLetterNotFound(id)
+        return requeue.then()
+
 
 # -- backends -----------------------------------------------------------------
 
 
-class MemoryBackend:
+class _Scanning:
+    """Filters, pages and counts for backends that keep each entry as one value:
+    they scan the entries' metadata newest first (``meta_chunk``)."""
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        """The metadata of the next ``size`` entries older than ``cursor``, newest first."""
+        raise NotImplementedError
+
+    def get(self, id: str) -> DeadLetter | None:
+        raise NotImplementedError
+
+    def delete(self, id: str) -> bool:
+        raise NotImplementedError
+
+    def count(self) -> int:
+        raise NotImplementedError
+
+    def fetch(self, ids: list[str]) -> list[DeadLetter]:
+        """The entries with these ids, in this order (those still there)."""
+        return [entry for entry in map(self.get, ids) if entry is not None]
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        return scan_select(
+            self.meta_chunk,
+            self.fetch,
+            flt,
+            cursor=cursor,
+            offset=offset,
+            limit=limit,
+            scan_limit=scan_limit,
+        )
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        return scan_tally(self.meta_chunk, self.count(), scan_limit)
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        return len(scan_count(self.meta_chunk, flt))
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        return sum(self.delete(id) for id in scan_count(self.meta_chunk, flt))
+
+
+class MemoryBackend(_Scanning):
     """Entries in a dict hung on the MemoryStorage itself."""
 
     def __init__(self, storage: MemoryStorage) -> None:
@@ -474,6 +654,28 @@ class MemoryBackend:
         with self._lock:
             newest_first = list(reversed(self._entries.items()))
         return [self._entry(id, value) for id, value in newest_first[offset : offset + limit]]
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        # The cursor is a position in insertion order: simple, and enough for
+        # an in-process store (an entry removed meanwhile shifts the rest).
+        with self._lock:
+            items = list(self._entries.items())
+        end = len(items) if cursor is None else min(int(cursor), len(items))
+        metas: list[Meta] = []
+        for position in range(end - 1, max(end - size, 0) - 1, -1):
+            id, value = items[position]
+            entry = self._entry(id, value)
+            metas.append(
+                (
+                    str(position),
+                    id,
+                    entry.reason,
+                    entry.task,
+                    entry.version,
+                    entry.created_at.timestamp(),
+                )
+            )
+        return metas
 
 
 class _SqlBackend:
@@ -591,9 +793,12 @@ class _SqlBackend:
         if not self._has_table():
             return
         p = self._p
+        # Grouped by reason too, so that the database counts from the covering
+        # index on (queue, reason, task, version) instead of reading rows; the
+        # census adds up the groups of one task and version.
         rows = self._storage.sql(
             f"select task, version, count(*) from {self.table} where queue = {p} "
-            f"group by task, version",
+            f"group by reason, task, version",
             (self._queue,),
             results=True,
         )
@@ -614,6 +819,68 @@ class _SqlBackend:
         rows = self._sql(self._page, (self._queue, limit, offset))
         return [self._row(row) for row in rows]
 
+    def _where(self, flt: DeadLetterFilter) -> tuple[str, list[Any]]:
+        p = self._p
+        clauses, params = [f"queue = {p}"], [self._queue]
+        for column, value in (("reason", flt.reason), ("task", flt.task)):
+            if value is not None:
+                clauses.append(f"{column} = {p}")
+                params.append(self._text(value))
+        if flt.version is not None:
+            clauses.append(f"version = {p}")
+            params.append(flt.version)
+        if flt.before is not None:
+            clauses.append(f"created_at < {p}")
+            params.append(flt.before_ts)
+        return " and ".join(clauses), params
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        # By seq (the primary key) with the filter in the query: the database
+        # walks its (queue, seq) index from the newest and stops at the page.
+        where, params = self._where(flt)
+        p = self._p
+        if cursor is not None:
+            where += f" and seq < {p}"
+            params.append(int(cursor))
+        rows = self._sql(
+            f"select seq, {self._COLUMNS} from {self.table} where {where} "
+            f"order by seq desc limit {p} offset {p}",
+            (*params, limit + 1, offset),
+        )
+        entries = [self._row(row[1:]) for row in rows[:limit]]
+        more = len(rows) > limit
+        return DeadLetterPage(entries, str(rows[limit - 1][0]) if more else None)
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        p = self._p
+        rows = self._sql(
+            f"select reason, task, version, count(*) from {self.table} where queue = {p} "
+            f"group by reason, task, version",
+            (self._queue,),
+        )
+        counts = DeadLetterCounts(total=0, counted=0)
+        for reason, task, version, count in rows:
+            identity = _dead_identity(task, version)
+            counts.add(reason if reason in REASONS else "undecodable", *identity, int(count))
+        total = sum(counts.by_reason.values())
+        return replace(counts, total=total, counted=total)
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        where, params = self._where(flt)
+        return int(self._sql(f"select count(*) from {self.table} where {where}", (*params,))[0][0])
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        where, params = self._where(flt)
+        return int(self._sql(f"delete from {self.table} where {where}", (*params,), write=True))
+
 
 class SqliteBackend(_SqlBackend):
     """A ``vt_dead_letters`` table in the queue's own SQLite database."""
@@ -624,6 +891,11 @@ class SqliteBackend(_SqlBackend):
         "queue text not null, reason text not null, task text, version integer, "
         "raw blob not null, error text not null, created_at real not null)",
         "create index if not exists vt_dead_letters_queue_seq on vt_dead_letters (queue, seq)",
+        # Counts by reason and task from the index alone, never the rows' bytes;
+        # a page of one task newest first (the rowid closes every index).
+        "create index if not exists vt_dead_letters_queue_reason "
+        "on vt_dead_letters (queue, reason, task, version)",
+        "create index if not exists vt_dead_letters_queue_task on vt_dead_letters (queue, task)",
     )
 
     _EXISTS = "select count(*) from sqlite_master where type = 'table' and name = ?"
@@ -674,6 +946,10 @@ class PostgresBackend(_SqlBackend):
             "queue text not null, reason text not null, task text, version integer, "
             "raw bytea not null, error text not null, created_at double precision not null)",
             f"create index if not exists {self.table}_queue_seq on {self.table} (queue, seq)",
+            f"create index if not exists {self.table}_queue_reason "
+            f"on {self.table} (queue, reason, task, version)",
+            f"create index if not exists {self.table}_queue_task "
+            f"on {self.table} (queue, task, seq)",
         )
 
     def ensure_table(self) -> None:
@@ -769,6 +1045,95 @@ redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
 return 1
 """
 
+# The console's scans of a Redis store, in Lua so that only what is asked for comes
+# back (never the message bytes). Both read the index from a score downwards
+# (ARGV[1], Redis range syntax) for at most ARGV[2] entries, parse each entry's
+# metadata line with cjson, and return the number scanned and the last score.
+_META_LUA = """
+local function meta_of(data, with_created)
+    if not data then return 'undecodable', '', '', 0 end
+    local newline = string.find(data, '\\n', 1, true)
+    if not newline then return 'undecodable', '', '', 0 end
+    local line = string.sub(data, 1, newline - 1)
+    -- The line as the store writes it (orjson, keys in this order), read without
+    -- a JSON parser; anything else (a null, an escape) goes through cjson.
+    local reason, task, version = string.match(line,
+        '^{"id":"[%w]*","reason":"([%w_]+)","task":"([^"\\\\]*)","version":(%-?%d+),"error":')
+    if reason then
+        local created = 0
+        if with_created then
+            created = tonumber(string.match(line, ',"created_at":([%d%.eE+-]+)}$')) or 0
+        end
+        return reason, task, version, created
+    end
+    local ok, meta = pcall(cjson.decode, line)
+    if not ok or type(meta) ~= 'table' then return 'undecodable', '', '', 0 end
+    reason = type(meta.reason) == 'string' and meta.reason or 'undecodable'
+    task = type(meta.task) == 'string' and meta.task or ''
+    version = type(meta.version) == 'number' and tostring(meta.version) or ''
+    local created = type(meta.created_at) == 'number' and meta.created_at or 0
+    return reason, task, version, created
+end
+local ids = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[1], '-inf', 'WITHSCORES',
+                       'LIMIT', 0, tonumber(ARGV[2]))
+local out = {#ids / 2, ''}
+if #ids > 0 then out[2] = ids[#ids] end
+"""
+
+# Counts: then reason, task, version (text, '' for none) and count, per group.
+_TALLY_LUA = (
+    _META_LUA
+    + """
+local counts, order = {}, {}
+for i = 1, #ids, 2 do
+    local reason, task, version = meta_of(redis.call('HGET', KEYS[1], ids[i]))
+    local key = reason .. '\\0' .. task .. '\\0' .. version
+    if counts[key] == nil then
+        counts[key] = 0
+        order[#order + 1] = key
+    end
+    counts[key] = counts[key] + 1
+end
+for _, key in ipairs(order) do
+    out[#out + 1] = key
+    out[#out + 1] = counts[key]
+end
+return out
+"""
+)
+
+# Matches: ARGV[3] stops after that many; ARGV[4..7] reason, task, version and
+# "created before" ('' for any). Then the ids that match.
+_MATCH_LUA = (
+    _META_LUA
+    + """
+local need = tonumber(ARGV[3])
+local found = 0
+for i = 1, #ids, 2 do
+    local reason, task, version, created = meta_of(redis.call('HGET', KEYS[1], ids[i]),
+                                                   ARGV[7] ~= '')
+    if (ARGV[4] == '' or reason == ARGV[4]) and (ARGV[5] == '' or task == ARGV[5])
+        and (ARGV[6] == '' or version == ARGV[6])
+        and (ARGV[7] == '' or created < tonumber(ARGV[7])) then
+        out[#out + 1] = ids[i]
+        found = found + 1
+        if found >= need then
+            out[1] = (i + 1) / 2
+            out[2] = ids[i + 1]
+            break
+        end
+    end
+end
+return out
+"""
+)
+
+
+def _score(score: Any) -> str:
+    """A sequence score as a cursor (scores are integers written as floats or bytes)."""
+    value = float(score.decode() if isinstance(score, bytes) else score)
+    return str(int(value))
+
 
 class RedisBackend:
     """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``.
@@ -790,6 +1155,8 @@ class RedisBackend:
         self._add = self._conn.register_script(_ADD_LUA)
         self._update = self._conn.register_script(_UPDATE_LUA)
         self._take = self._conn.register_script(_TAKE_LUA)
+        self._tally = self._conn.register_script(_TALLY_LUA)
+        self._match = self._conn.register_script(_MATCH_LUA)
 
     @staticmethod
     def _unpack(id: bytes | str, data: bytes) -> DeadLetter:
@@ -890,17 +1257,43 @@ class RedisBackend:
         return int(count)
 
     def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
-        # By sequence number (the index's unique scores), so that entries added or
-        # replayed meanwhile never shift the ones left to read.
-        conn, last = self._conn, "-inf"
-        while True:
-            ids = conn.zrangebyscore(self._index, last, "+inf", start=0, num=size, withscores=True)
-            if ids:
-                rows = conn.hmget(self._entries, [member for member, _ in ids])
-                yield [(_dead_meta(row), 1) for row in rows if row is not None]
-            if len(ids) < size:
+        # Counted in Redis, newest first by sequence number (the index's unique
+        # scores, so that entries added or replayed meanwhile never shift the ones
+        # left to read): only the counts come back, never the entries' bytes.
+        for _, groups in self._tally_steps(None, size):
+            by_identity: dict[Identity, int] = {}
+            for _, task, version, count in groups:
+                by_identity[task, version] = by_identity.get((task, version), 0) + count
+            yield list(by_identity.items())
+
+    def _tally_steps(
+        self, scan_limit: int | None, size: int = SCAN_CHUNK
+    ) -> Iterator[tuple[int, list[tuple[str, str | None, int | None, int]]]]:
+        """Scan steps of the tally script: entries read, and (reason, task, version,
+        count) groups, newest first, until ``scan_limit`` entries (None: all)."""
+        counted, cursor = 0, None
+        while scan_limit is None or counted < scan_limit:
+            step_size = size if scan_limit is None else min(size, scan_limit - counted)
+            top = "+inf" if cursor is None else f"({cursor}"
+            step, last, *flat = self._tally(
+                keys=[self._entries, self._index], args=[top, step_size]
+            )
+            counted += int(step)
+            groups: list[tuple[str, str | None, int | None, int]] = []
+            for at in range(0, len(flat), 2):
+                reason, task, version = bytes(flat[at]).decode("utf-8", "replace").split("\0")
+                groups.append(
+                    (
+                        reason if reason in REASONS else "undecodable",
+                        task or None,
+                        int(version) if version.lstrip("-").isdigit() else None,
+                        int(flat[at + 1]),
+                    )
+                )
+            yield int(step), groups
+            if int(step) < step_size or not last:
                 return
-            last = f"({ids[-1][1]!r}"
+            cursor = _score(last)
 
     def census_count(self) -> int:
         return self.count()
@@ -917,11 +1310,117 @@ class RedisBackend:
             self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
         ]
 
+    def _matches(
+        self, flt: DeadLetterFilter, cursor: str | None, size: int, need: int
+    ) -> tuple[int, str | None, list[str]]:
+        """One scan step: entries scanned, the last one's score, the matching ids."""
+        top = "+inf" if cursor is None else f"({cursor}"
+        before = flt.before_ts
+        args = [
+            top,
+            size,
+            need,
+            flt.reason or "",
+            flt.task or "",
+            "" if flt.version is None else str(flt.version),
+            "" if before is None else repr(before),
+        ]
+        scanned, last, *ids = self._match(keys=[self._entries, self._index], args=args)
+        names = [i.decode("utf-8", "replace") if isinstance(i, bytes) else str(i) for i in ids]
+        return int(scanned), _score(last) if last else None, names
+
+    def _all_matches(self, flt: DeadLetterFilter) -> Iterator[str]:
+        cursor = None
+        while True:
+            scanned, cursor, ids = self._matches(flt, cursor, SCAN_CHUNK, SCAN_CHUNK)
+            yield from ids
+            if scanned < SCAN_CHUNK or cursor is None:
+                return
+
+    def _select_scan(
+        self, flt: DeadLetterFilter, cursor: str | None, offset: int, limit: int, scan_limit: int
+    ) -> DeadLetterPage:
+        found: list[str] = []
+        scanned = skipped = 0
+        while True:
+            size = min(SCAN_CHUNK, scan_limit - scanned)
+            need = limit - len(found) + offset - skipped
+            if size <= 0:
+                return DeadLetterPage(self.fetch(found), cursor, scanned, exhaustive=False)
+            step, last, ids = self._matches(flt, cursor, size, need)
+            scanned += step
+            cursor = last if last is not None else cursor
+            for id in ids:
+                if skipped < offset:
+                    skipped += 1
+                else:
+                    found.append(id)
+            if len(found) >= limit:
+                return DeadLetterPage(self.fetch(found), cursor, scanned)
+            if step < size:
+                return DeadLetterPage(self.fetch(found), None, scanned)
+
+    def tally(self, scan_limit: int | None) -> DeadLetterCounts:
+        counts = DeadLetterCounts(total=self.count(), counted=0)
+        counted = 0
+        for step, groups in self._tally_steps(scan_limit):
+            counted += step
+            for group in groups:
+                counts.add(*group)
+        return replace(
+            counts,
+            total=max(counts.total, counted),
+            counted=counted,
+            exhaustive=counted >= counts.total,
+        )
+
+    def count_where(self, flt: DeadLetterFilter) -> int:
+        return sum(1 for _ in self._all_matches(flt))
+
+    def fetch(self, ids: list[str]) -> list[DeadLetter]:
+        rows = self._conn.hmget(self._entries, ids) if ids else []
+        return [
+            self._unpack(id, row) for id, row in zip(ids, rows, strict=True) if row is not None
+        ]
+
+    def select(
+        self,
+        flt: DeadLetterFilter,
+        *,
+        cursor: str | None,
+        offset: int,
+        limit: int,
+        scan_limit: int,
+    ) -> DeadLetterPage:
+        if not flt.empty:
+            return self._select_scan(flt, cursor, offset, limit, scan_limit)
+        # No filter: straight from the index, whatever the offset (O(log N + limit)).
+        top = "+inf" if cursor is None else f"({cursor}"
+        pairs = self._conn.zrevrangebyscore(
+            self._index, top, "-inf", start=offset, num=limit + 1, withscores=True
+        )
+        ids = [m.decode("utf-8", "replace") if isinstance(m, bytes) else m for m, _ in pairs]
+        more = len(pairs) > limit
+        entries = self.fetch(ids[:limit])
+        return DeadLetterPage(entries, _score(pairs[limit - 1][1]) if more else None)
+
+    def delete_where(self, flt: DeadLetterFilter) -> int:
+        ids = list(self._all_matches(flt))
+        removed = 0
+        for start in range(0, len(ids), 1000):
+            batch = ids[start : start + 1000]
+            pipe = self._conn.pipeline(transaction=True)
+            pipe.hdel(self._entries, *batch)
+            pipe.zrem(self._index, *batch)
+            count, _ = pipe.execute()
+            removed += int(count)
+        return removed
+
 
 _FILE_NAME = re.compile(r"(\d{20})-(.+)")
 
 
-class FileBackend:
+class FileBackend(_Scanning):
     """One file per entry under ``<path>/deadletters/`` of a FileStorage.
 
     Names start with a zero-padded nanosecond stamp so that a directory
@@ -1073,6 +1572,22 @@ class FileBackend:
         with self._lock:
             names = self._files()[::-1][offset : offset + limit]
             return [self._read(os.path.join(self._dir, name)) for name in names]
+
+    def meta_chunk(self, cursor: str | None, size: int) -> Sequence[Meta]:
+        # The cursor is a file name: names sort oldest first.
+        with self._lock:
+            names = self._files()
+        if cursor is not None:
+            names = names[: bisect.bisect_left(names, cursor)]
+        metas: list[Meta] = []
+        for name in reversed(names[-size:]):
+            try:
+                with open(os.path.join(self._dir, name), "rb") as f:
+                    line = f.readline().rstrip(b"\n")
+            except FileNotFoundError:
+                continue
+            metas.append(meta_of(name, self._id(name), line))
+        return metas
 
 
 def _utc_ns(ns: int) -> datetime.datetime | None:
