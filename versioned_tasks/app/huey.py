@@ -120,14 +120,13 @@ P = ParamSpec("P")
 R = TypeVar("R")
 H = TypeVar("H", bound=Callable[[RetiredMessage], object])
 
-#: The task this thread's worker is executing, if any.
-_EXECUTING: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
-    "versioned_tasks_executing", default=None
-)
-#: Ids of the callbacks and retries that the task running in this context may
-#: enqueue; an invalid one is dead-lettered instead of raising inside Huey.
-_RUNNING: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "versioned_tasks_running", default=frozenset()
+#: The tasks this context's worker is executing, innermost last (a task runs
+#: another inline in immediate mode). The last one is the task being executed;
+#: the callbacks and retries any of them may enqueue are dead-lettered, when
+#: invalid, instead of raising inside Huey (see :func:`_may_enqueue`). One
+#: variable set per execute: this is the worker's hot path.
+_RUNNING: contextvars.ContextVar[tuple[Task, ...]] = contextvars.ContextVar(
+    "versioned_tasks_running", default=()
 )
 
 
@@ -847,7 +846,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         try:
             return self.serialize_task(task)
         except (InvalidArguments, EncodeError) as exc:
-            if task.id not in _RUNNING.get():
+            if not _may_enqueue(task.id):
                 raise
             # A callback, retry or schedule move written by Huey inside the
             # worker: raising here would lose it, so it is kept as a dead letter.
@@ -880,7 +879,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         return _Kept(raw, reason, name, version, error)
 
     def _beyond_limits(self, task: Task, where: str, exc: EncodeError) -> _Kept:
-        if task is _EXECUTING.get():
+        if task is _current():
             # A retry or a move to the schedule: the bytes it was dequeued from
             # are the message itself.
             return self._parent_bytes(task, where, exc)
@@ -899,7 +898,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
     def _parent_bytes(self, task: Task, where: str, exc: EncodeError) -> _Kept:
         """The bytes of the task being executed, which hold ``task`` (or are it)."""
-        parent = _EXECUTING.get()
+        parent = _current()
         raw = dequeued_bytes(parent) if parent is not None else None
         if parent is None or raw is None:
             # Not in a worker's run of a dequeued task: the caller sees the
@@ -929,15 +928,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         list, whatever the task did; unless the task was interrupted (the
         consumer stopping), so that it runs again once recovered.
         """
-        token = _RUNNING.set(_RUNNING.get() | _callback_ids(task))
-        executing = _EXECUTING.set(task)
+        token = _RUNNING.set((*_RUNNING.get(), task))
         try:
             value = super().execute(task, timestamp)
         except Exception:
             self._settle_ran(task)
             raise
         finally:
-            _EXECUTING.reset(executing)
             _RUNNING.reset(token)
         if not task.__dict__.pop("_vt_interrupted", False):
             self._settle_ran(task)
@@ -993,12 +990,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         try:
             data = self.storage.peek_many(keys)
         except Exception as exc:
-            if _EXECUTING.get() is not task:
+            if _current() is not task:
                 raise
             # The storage cannot even look the records up (PostgreSQL refuses a
             # key holding NUL, say): keep the task rather than drop it.
             self._dead_letter_revoked(task, self._lookup_error(task, exc))
             return True
+        if not data:
+            return False  # no record (peek_many leaves out missing keys): the usual case
         for key in keys:
             try:
                 revoked, restore = check_record(
@@ -1010,7 +1009,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 )
             except DecodeError as exc:
                 error = self._revocation_error(task, key, exc)
-                if _EXECUTING.get() is not task:
+                if _current() is not task:
                     raise error from None
                 self._dead_letter_revoked(task, error)
                 return True
@@ -1034,7 +1033,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             f"The revocation record {key!r} of {_revoked_subject(task)} cannot be read: "
             f"{str(exc).rstrip('.')}"
         )
-        if _EXECUTING.get() is task:
+        if _current() is task:
             text += f"; the task was not run. Delete it with {restore_hint(key)}, then replay "
             text += "this dead letter."
         else:
@@ -1095,8 +1094,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The task's outcome is stored (or it cannot run): its message leaves the
         list with the worker's next pop (Huey's worker pops again at once)."""
         slot: Slot | None = task.__dict__.pop("_vt_slot", None)
+        if slot is None:
+            return  # not in flight (reliable fetch off): nothing to settle
         raw = dequeued_bytes(task)
-        if slot is not None and raw is not None:
+        if raw is not None:
             slot.ran.append(raw)
 
     def _settle_task(self, task: Task, write: Callable[[Any], Any]) -> None:
@@ -1238,6 +1239,19 @@ def _rejection(outcome: Any, *, has_handler: bool = False) -> MessageRejected:
     )
 
 
+def _current() -> Task | None:
+    """The task this context's worker is executing, if any."""
+    running = _RUNNING.get()
+    return running[-1] if running else None
+
+
+def _may_enqueue(task_id: str) -> bool:
+    """Whether a task being executed here may enqueue ``task_id``: itself (a retry,
+    a move to the schedule) or one of its callbacks. Computed only when a write
+    fails, so that executing a task costs no walk over its callbacks."""
+    return any(task_id in _callback_ids(task) for task in _RUNNING.get())
+
+
 def _callback_ids(task: Task) -> frozenset[str]:
     ids = {task.id}
     step: Task | None = task
@@ -1254,7 +1268,7 @@ def _callback_ids(task: Task) -> frozenset[str]:
 
 def _executing(task: Task) -> bool:
     """Whether ``task`` is the one this worker is executing."""
-    return _EXECUTING.get() is task
+    return _current() is task
 
 
 def _in_flight(task: Task) -> Slot | None:
