@@ -45,6 +45,18 @@ from .exceptions import (
     VersionedTaskError,
 )
 from .messages.actions import SIGNAL_DEFERRED, DeferredMessage
+from .messages.events import (
+    SIGNAL_DEAD_LETTERED,
+    SIGNAL_RENAMED,
+    SIGNAL_REPLAYED,
+    SIGNAL_RETIRED,
+    SIGNAL_UPCAST,
+    DeadLetteredMessage,
+    RenamedMessage,
+    ReplayedMessage,
+    TombstonedMessage,
+    UpcastMessage,
+)
 from .messages.readwrite import REASONS, RetiredMessage
 from .ops.census import Census, CensusRow, Removal, take_census
 from .schema.registry import RESERVED_PARAMETERS
@@ -54,13 +66,19 @@ from .wire.values import RemoteException
 __all__ = [
     "REASONS",
     "RESERVED_PARAMETERS",
+    "SIGNAL_DEAD_LETTERED",
     "SIGNAL_DEFERRED",
+    "SIGNAL_RENAMED",
+    "SIGNAL_REPLAYED",
+    "SIGNAL_RETIRED",
+    "SIGNAL_UPCAST",
     "Census",
     "CensusRow",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterStore",
+    "DeadLetteredMessage",
     "DecodeError",
     "DeferredMessage",
     "DowncastFailed",
@@ -72,10 +90,14 @@ __all__ = [
     "MessageRejected",
     "RemoteException",
     "Removal",
+    "RenamedMessage",
     "ReplayFailed",
+    "ReplayedMessage",
     "RetiredMessage",
     "SchemaError",
     "SignatureError",
+    "TombstonedMessage",
+    "UpcastMessage",
     "VersionedFileHuey",
     "VersionedHuey",
     "VersionedMemoryHuey",
