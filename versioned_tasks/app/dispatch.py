@@ -18,6 +18,7 @@ import base64
 import dataclasses
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -53,6 +54,8 @@ class Dispatcher:
         self.app = app
         #: Logs and signals what happens to each message.
         self.events = Events(app)
+        #: Per thread: reads decided on a SQL head row, until the pop takes it.
+        self._local = threading.local()
 
     def dequeue(self) -> Task | None:
         """Pop the next runnable task (see :meth:`_dequeue`); an upcast or renamed
@@ -73,7 +76,12 @@ class Dispatcher:
         """
         self.app._ensure_checked()
         if self.app._atomic is not None:
-            return self.app._atomic.dequeue(self.decide, self.act, self.rescue)
+            if not self.app._observers:
+                return self.app._atomic.dequeue(self.decide, self.act, self.rescue)
+            self._held().clear()
+            return self.app._atomic.dequeue(
+                self._decide_held, self.act, self.rescue, settled=self._settled
+            )
         slot = self.app.inflight.slot() if self.app.inflight is not None else None
         if slot is not None:
             return self._dequeue_reliably(slot)
@@ -134,7 +142,12 @@ class Dispatcher:
         if timestamp is None:
             timestamp = self.app._get_timestamp()
         if self.app._atomic is not None:
-            return self.app._atomic.read_schedule(timestamp, self.decide)
+            if not self.app._observers:
+                return self.app._atomic.read_schedule(timestamp, self.decide)
+            self._held().clear()
+            return self.app._atomic.read_schedule(
+                timestamp, self._decide_held, settled=self._settled
+            )
         tasks = []
         for raw in self.app.storage.read_schedule(timestamp):
             try:
@@ -159,18 +172,48 @@ class Dispatcher:
             return outcome
         return self._decision(outcome, from_schedule)
 
-    def _decide_observed(self, raw: bytes, from_schedule: bool) -> Task | _Action:
-        """``decide``, timed and shown to the app's observers (``contrib``)."""
+    def _decide_observed(
+        self, raw: bytes, from_schedule: bool, *, hold: bool = False
+    ) -> Task | _Action:
+        """``decide``, timed and shown to the app's observers (``contrib``); with
+        ``hold``, shown only once the atomic pop reports the row as this worker's."""
         start = time.perf_counter()
         outcome = self.app._reader.read(raw)
         decision = outcome if isinstance(outcome, Task) else self._decision(outcome, from_schedule)
         seconds = time.perf_counter() - start
+        if hold:
+            self._held()[id(decision)] = (raw, outcome, decision, seconds)
+        else:
+            self._observe(raw, outcome, decision, seconds)
+        return decision
+
+    def _decide_held(self, raw: bytes, *, from_schedule: bool) -> Task | _Action:
+        # On SQL storages several workers may read the same head row and only one
+        # takes it: a read is shown to the observers once it is taken.
+        return self._decide_observed(raw, from_schedule, hold=True)
+
+    def _settled(self, raw: bytes, decision: Task | _Action) -> None:
+        """The atomic pop took ``raw`` (decided as ``decision``): show the read."""
+        held = self._held().pop(id(decision), None)
+        if held is not None:
+            self._observe(*held)
+
+    def _held(self) -> dict[int, tuple[bytes, Outcome, Task | _Action, float]]:
+        held: dict[int, tuple[bytes, Outcome, Task | _Action, float]] | None = getattr(
+            self._local, "held", None
+        )
+        if held is None:
+            held = self._local.held = {}
+        return held
+
+    def _observe(
+        self, raw: bytes, outcome: Outcome, decision: Task | _Action, seconds: float
+    ) -> None:
         for observer in self.app._observers:
             try:
                 observer.read(raw, outcome, decision, seconds)
             except Exception:
                 logger.exception("Observer %r failed on a message read.", observer)
-        return decision
 
     def _decision(self, outcome: Outcome, from_schedule: bool) -> _Action:
         if isinstance(outcome, Newer):

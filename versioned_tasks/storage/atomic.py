@@ -41,6 +41,8 @@ logger = logging.getLogger("versioned_tasks")
 Decide = Callable[..., "Task | Action"]
 Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
+#: ``settled(raw, decision)``: this worker took the row it decided (for observers).
+Settled = Callable[[bytes, Any], None]
 _Decided = tuple[int, bytes, "Task | Action"]
 #: Dead letters written in a transaction, announced (logged, signalled) once it commits.
 _Written = list[tuple[DeadLetterAction, str]]
@@ -101,8 +103,13 @@ class AtomicSql:
 
     # -- the worker --------------------------------------------------------------
 
-    def dequeue(self, decide: Decide, act: Act, rescue: Rescue) -> Task | None:
-        """Pop until a runnable task; what cannot run is settled with its pop."""
+    def dequeue(
+        self, decide: Decide, act: Act, rescue: Rescue, *, settled: Settled | None = None
+    ) -> Task | None:
+        """Pop until a runnable task; what cannot run is settled with its pop.
+
+        ``settled(raw, decision)`` is called for each row this worker took.
+        """
         empty_since: float | None = None
         ahead = 1
         while True:
@@ -122,6 +129,10 @@ class AtomicSql:
                 row_id, raw, decision = run[0]
                 taken = [self._take(row_id, raw, decision, written)]
             _announce(written)
+            if settled is not None:
+                for (_, raw, decision), took in zip(run, taken, strict=True):
+                    if took:
+                        settled(raw, decision)
             task = self._after_commit(run, taken, act, rescue)
             if task is not None:
                 return task
@@ -223,8 +234,12 @@ class AtomicSql:
 
     # -- the scheduler -----------------------------------------------------------
 
-    def read_schedule(self, timestamp: Any, decide: Decide) -> list[Task]:
+    def read_schedule(
+        self, timestamp: Any, decide: Decide, *, settled: Settled | None = None
+    ) -> list[Task]:
         """Pop the due messages; each one that cannot run is settled in the same transaction.
+
+        ``settled(raw, decision)`` is called for each row this scheduler took.
 
         A message whose dead-letter write fails stays on the schedule, untouched,
         and the others go ahead.
@@ -243,6 +258,7 @@ class AtomicSql:
         tasks: list[Task] = []
         deferred: list[DeferAction] = []
         written: _Written = []
+        took: list[tuple[bytes, Any]] = []
         with self._storage.db(commit=True) as cursor:
             held = self._claim(cursor, decided)
             runnable = [(row_id, raw) for row_id, raw, d in held if isinstance(d, Task)]
@@ -251,11 +267,15 @@ class AtomicSql:
                 if isinstance(decision, Task):
                     if row_id in taken:
                         tasks.append(decision)
-                elif self._settle(cursor, row_id, raw, decision, written) and isinstance(
-                    decision, DeferAction
-                ):
-                    deferred.append(decision)
+                        took.append((raw, decision))
+                elif self._settle(cursor, row_id, raw, decision, written):
+                    took.append((raw, decision))
+                    if isinstance(decision, DeferAction):
+                        deferred.append(decision)
         _announce(written)
+        if settled is not None:
+            for raw, decision in took:
+                settled(raw, decision)
         for action in deferred:
             action.done()  # committed, and the storage's lock released
         return tasks
