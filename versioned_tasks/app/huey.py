@@ -741,13 +741,24 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         For integrations such as ``versioned_tasks.contrib.prometheus``; an app
         without observers pays nothing for them.
         """
-        if observer not in self._observers:
-            self._observers.append(observer)
+        if observer in self._observers:
+            return
+        if observer.writes_header:
+            for writer in (self._writer, self._deep_writer):
+                if writer.header_fields is not None:
+                    raise ConfigurationError(
+                        f"App {self.name!r} already has an observer that writes header "
+                        f"fields; remove it first (huey.remove_observer())."
+                    )
+                writer.header_fields = observer.header_fields
+        self._observers.append(observer)
 
     def remove_observer(self, observer: Observer) -> None:
         """Remove hooks added with :meth:`add_observer` (nothing if absent)."""
         if observer in self._observers:
             self._observers.remove(observer)
+            if observer.writes_header:
+                self._writer.header_fields = self._deep_writer.header_fields = None
 
     def fleet(self) -> list[WorkerInfo]:
         """The consumers of this queue that published a heartbeat recently."""

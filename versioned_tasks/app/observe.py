@@ -43,6 +43,15 @@ class Observer:
         """Wraps the worker's execution of ``task`` (Huey's ``execute``)."""
         yield
 
+    #: Set by an observer that writes header fields (``header_fields``); at most
+    #: one per app, since the envelope has one header.
+    writes_header: bool = False
+
+    def header_fields(self) -> bytes:
+        """More header fields for a message being written, as bytes that start with
+        a comma (``b',"trace":{...}'``), or empty. Called only when ``writes_header``."""
+        return b""
+
     def consumer_created(self, consumer: Any) -> None:
         """The app created a consumer (``huey_consumer`` calls ``create_consumer``),
         in the consumer's main process, before it starts."""
