@@ -92,6 +92,12 @@ class Events:
             self._upcast(task, name, version, spec.version)
 
     def _renamed(self, task: Task, old: str, new: str, version: int | None) -> None:
+        if logger.isEnabledFor(logging.INFO):
+            self._log_renamed(task, old, new, version)
+        self.app._emit(SIGNAL_RENAMED, RenamedMessage(old, new, version, task.id))
+
+    @staticmethod
+    def _log_renamed(task: Task, old: str, new: str, version: int | None) -> None:
         logger.info(
             "Renamed task %r version %s, id %s: runs as %r.",
             old,
@@ -102,9 +108,14 @@ class Events:
                 "renamed", task=new, version=version, task_id=task.id, renamed_from=old
             ),
         )
-        self.app._emit(SIGNAL_RENAMED, RenamedMessage(old, new, version, task.id))
 
     def _upcast(self, task: Task, name: str, version: int, current: int) -> None:
+        if logger.isEnabledFor(logging.DEBUG):
+            self._log_upcast(task, name, version, current)
+        self.app._emit(SIGNAL_UPCAST, UpcastMessage(name, version, current, task.id))
+
+    @staticmethod
+    def _log_upcast(task: Task, name: str, version: int, current: int) -> None:
         logger.debug(
             "Upcast task %r, id %s, from version %s to %s.",
             name,
@@ -115,7 +126,6 @@ class Events:
                 "upcast", task=name, version=current, from_version=version, task_id=task.id
             ),
         )
-        self.app._emit(SIGNAL_UPCAST, UpcastMessage(name, version, current, task.id))
 
     def replayed(
         self,
