@@ -358,6 +358,8 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._deferrals: Counter[str] = Counter()
         #: Integrations watching every message (``add_observer``); empty: no cost.
         self._observers: list[Observer] = []
+        #: Those of them that wrap each execution (their own ``Observer.execute``).
+        self._wrappers: list[Observer] = []
         self._deferrals_lock = threading.Lock()
         self._hand_offs = HandOffs()
         self._dead_letters: DeadLetterStore | None = None
@@ -752,11 +754,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                     )
                 writer.header_fields = observer.header_fields
         self._observers.append(observer)
+        self._wrappers = [o for o in self._observers if type(o).execute is not Observer.execute]
 
     def remove_observer(self, observer: Observer) -> None:
         """Remove hooks added with :meth:`add_observer` (nothing if absent)."""
         if observer in self._observers:
             self._observers.remove(observer)
+            self._wrappers = [o for o in self._wrappers if o is not observer]
             if observer.writes_header:
                 self._writer.header_fields = self._deep_writer.header_fields = None
 
@@ -1014,9 +1018,9 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         list, whatever the task did; unless the task was interrupted (the
         consumer stopping), so that it runs again once recovered.
         """
-        if self._observers:
+        if self._wrappers:
             with contextlib.ExitStack() as hooks:
-                for observer in self._observers:
+                for observer in self._wrappers:
                     hooks.enter_context(observer.execute(task))
                 return self._execute_versioned(task, timestamp)
         return self._execute_versioned(task, timestamp)

@@ -47,7 +47,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ..app.huey import VersionedHuey
-from ..app.observe import Observer, read_info
+from ..app.observe import Observer, ReadInfo, read_info
 from ..messages.actions import SIGNAL_DEFERRED, Action, DeferredMessage
 from ..messages.events import (
     SIGNAL_DEAD_LETTERED,
@@ -225,19 +225,29 @@ class _Observer(Observer):
     def __init__(self, huey: VersionedHuey, metrics: _Metrics, port: int | None, addr: str):
         self._metrics = metrics
         self._label = _Labeller(huey)
-        self._children: dict[tuple[str, int | None, str], Any] = {}
+        self._children: dict[ReadInfo, Any] = {}
+        self._by_class: dict[type, Any] = {}
         self._port = port
         self._addr = addr
 
     def read(self, raw: bytes, outcome: Outcome, decision: Task | Action, seconds: float) -> None:
-        info = read_info(outcome, decision)
-        child = self._children.get(info)
-        if child is None:
-            version = "" if info.version is None else str(info.version)
-            child = self._metrics.read.labels(self._label(info.task), version, info.outcome)
-            self._children[info] = child
+        # The common case first: a task read as it runs has the labels of its class.
+        kind = type(outcome)
+        if decision is outcome and "_vt_from" not in outcome.__dict__:
+            child = self._by_class.get(kind)
+            if child is None:
+                child = self._by_class[kind] = self._child(read_info(outcome, decision))
+        else:
+            info = read_info(outcome, decision)
+            child = self._children.get(info)
+            if child is None:
+                child = self._children[info] = self._child(info)
         child.inc()
         self._metrics.read_seconds.observe(seconds)
+
+    def _child(self, info: ReadInfo) -> Any:
+        version = "" if info.version is None else str(info.version)
+        return self._metrics.read.labels(self._label(info.task), version, info.outcome)
 
     def consumer_created(self, consumer: Any) -> None:
         if self._port is not None:
