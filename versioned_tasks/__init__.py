@@ -57,6 +57,18 @@ from .exceptions import (
     VersionedTaskError,
 )
 from .messages.actions import SIGNAL_DEFERRED, DeferredMessage
+from .messages.events import (
+    SIGNAL_DEAD_LETTERED,
+    SIGNAL_RENAMED,
+    SIGNAL_REPLAYED,
+    SIGNAL_RETIRED,
+    SIGNAL_UPCAST,
+    DeadLetteredMessage,
+    RenamedMessage,
+    ReplayedMessage,
+    TombstonedMessage,
+    UpcastMessage,
+)
 from .messages.readwrite import REASONS, RetiredMessage
 from .ops.census import Census, CensusRow, Removal, take_census
 from .schema.registry import RESERVED_PARAMETERS
@@ -66,7 +78,12 @@ from .wire.values import RemoteException
 __all__ = [
     "REASONS",
     "RESERVED_PARAMETERS",
+    "SIGNAL_DEAD_LETTERED",
     "SIGNAL_DEFERRED",
+    "SIGNAL_RENAMED",
+    "SIGNAL_REPLAYED",
+    "SIGNAL_RETIRED",
+    "SIGNAL_UPCAST",
     "Census",
     "CensusRow",
     "ConfigurationError",
@@ -74,6 +91,7 @@ __all__ = [
     "DeadLetterNotFound",
     "DeadLetterStore",
     "DeclaredTask",
+    "DeadLetteredMessage",
     "DecodeError",
     "DeferredMessage",
     "DowncastFailed",
@@ -85,11 +103,15 @@ __all__ = [
     "MessageRejected",
     "RemoteException",
     "Removal",
+    "RenamedMessage",
     "ReplayFailed",
+    "ReplayedMessage",
     "RetiredMessage",
     "SchemaError",
     "SchemaWarning",
     "SignatureError",
+    "TombstonedMessage",
+    "UpcastMessage",
     "VersionedFileHuey",
     "VersionedHuey",
     "VersionedMemoryHuey",

@@ -15,8 +15,11 @@ as one-line calls to it.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import datetime
 import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -29,9 +32,10 @@ from ..messages.actions import (
     HandlerAction,
     RequeueAction,
 )
-from ..messages.readwrite import Newer, Retired
+from ..messages.readwrite import Newer, Outcome, Retired
 from ..messages.reasons import Reason
 from ..storage.reliable import Slot
+from .events import Events
 
 if TYPE_CHECKING:
     from .huey import VersionedHuey
@@ -48,8 +52,20 @@ class Dispatcher:
 
     def __init__(self, app: VersionedHuey) -> None:
         self.app = app
+        #: Logs and signals what happens to each message.
+        self.events = Events(app)
+        #: Per thread: reads decided on a SQL head row, until the pop takes it.
+        self._local = threading.local()
 
     def dequeue(self) -> Task | None:
+        """Pop the next runnable task (see :meth:`_dequeue`); an upcast or renamed
+        one is announced once it is this worker's."""
+        task = self._dequeue()
+        if task is not None and "_vt_from" in task.__dict__:
+            self.events.migrated(task)
+        return task
+
+    def _dequeue(self) -> Task | None:
         """Pop the next runnable task; bad messages are dead-lettered on the way.
 
         Never raises for a bad message, and moves straight on to the next one.
@@ -60,7 +76,12 @@ class Dispatcher:
         """
         self.app._ensure_checked()
         if self.app._atomic is not None:
-            return self.app._atomic.dequeue(self.decide, self.act, self.rescue)
+            if not self.app._observers:
+                return self.app._atomic.dequeue(self.decide, self.act, self.rescue)
+            self._held().clear()
+            return self.app._atomic.dequeue(
+                self._decide_held, self.act, self.rescue, settled=self._settled
+            )
         slot = self.app.inflight.slot() if self.app.inflight is not None else None
         if slot is not None:
             return self._dequeue_reliably(slot)
@@ -105,16 +126,28 @@ class Dispatcher:
             inflight=inflight,
         )
         if failed is None:
-            action.log(entry.id)
+            self._announced(action).done(entry.id)
         return popped, failed
 
     def read_schedule(self, timestamp: datetime.datetime | None = None) -> list[Task]:
         """Pop the due tasks; bad ones are dead-lettered, as the storage removes them."""
+        tasks = self._read_schedule(timestamp)
+        for task in tasks:
+            if "_vt_from" in task.__dict__:
+                self.events.migrated(task)
+        return tasks
+
+    def _read_schedule(self, timestamp: datetime.datetime | None) -> list[Task]:
         self.app._ensure_checked()
         if timestamp is None:
             timestamp = self.app._get_timestamp()
         if self.app._atomic is not None:
-            return self.app._atomic.read_schedule(timestamp, self.decide)
+            if not self.app._observers:
+                return self.app._atomic.read_schedule(timestamp, self.decide)
+            self._held().clear()
+            return self.app._atomic.read_schedule(
+                timestamp, self._decide_held, settled=self._settled
+            )
         tasks = []
         for raw in self.app.storage.read_schedule(timestamp):
             try:
@@ -132,19 +165,75 @@ class Dispatcher:
 
     def decide(self, raw: bytes, *, from_schedule: bool) -> Task | _Action:
         """What to do with one stored message: run it, or one of the actions."""
+        if self.app._observers:
+            return self._decide_observed(raw, from_schedule)
         outcome = self.app._reader.read(raw)
         if isinstance(outcome, Task):
             return outcome
+        return self._decision(outcome, from_schedule)
+
+    def _decide_observed(
+        self, raw: bytes, from_schedule: bool, *, hold: bool = False
+    ) -> Task | _Action:
+        """``decide``, timed and shown to the app's observers (``contrib``); with
+        ``hold``, shown only once the atomic pop reports the row as this worker's."""
+        start = time.perf_counter()
+        outcome = self.app._reader.read(raw)
+        decision = outcome if isinstance(outcome, Task) else self._decision(outcome, from_schedule)
+        seconds = time.perf_counter() - start
+        if hold:
+            self._held()[id(decision)] = (raw, outcome, decision, seconds)
+        else:
+            self._observe(raw, outcome, decision, seconds)
+        return decision
+
+    def _decide_held(self, raw: bytes, *, from_schedule: bool) -> Task | _Action:
+        # On SQL storages several workers may read the same head row and only one
+        # takes it: a read is shown to the observers once it is taken.
+        return self._decide_observed(raw, from_schedule, hold=True)
+
+    def _settled(self, raw: bytes, decision: Task | _Action) -> None:
+        """The atomic pop took ``raw`` (decided as ``decision``): show the read."""
+        held = self._held().pop(id(decision), None)
+        if held is not None:
+            self._observe(*held)
+
+    def _held(self) -> dict[int, tuple[bytes, Outcome, Task | _Action, float]]:
+        held: dict[int, tuple[bytes, Outcome, Task | _Action, float]] | None = getattr(
+            self._local, "held", None
+        )
+        if held is None:
+            held = self._local.held = {}
+        return held
+
+    def _observe(
+        self, raw: bytes, outcome: Outcome, decision: Task | _Action, seconds: float
+    ) -> None:
+        for observer in self.app._observers:
+            try:
+                observer.read(raw, outcome, decision, seconds)
+            except Exception:
+                logger.exception("Observer %r failed on a message read.", observer)
+
+    def _decision(self, outcome: Outcome, from_schedule: bool) -> _Action:
         if isinstance(outcome, Newer):
             return self._decide_newer(outcome, from_schedule)
         if isinstance(outcome, Retired):
             return self._decide_retired(outcome, from_schedule)
-        return DeadLetterAction(outcome.reason, outcome.task, outcome.version, outcome.error)
+        assert not isinstance(outcome, Task)
+        return DeadLetterAction(
+            outcome.reason,
+            outcome.task,
+            outcome.version,
+            outcome.error,
+            task_id=outcome.id,
+            notify=self.events.dead_lettered,
+        )
 
     def _decide_newer(self, newer: Newer, from_schedule: bool) -> _Action:
         # The policy of the message's own task (after renames), else the app's.
         spec = self.app.schema.specs.get(self.app.schema.resolve(newer.task))
-        return self.app._newer.decide(
+        action = self.app._newer.decide(
             newer,
             spec,
             self.app._get_timestamp(),
@@ -152,6 +241,9 @@ class Dispatcher:
             from_schedule=from_schedule,
             hand_offs=self.app._hand_offs,
         )
+        if isinstance(action, DeadLetterAction):
+            return dataclasses.replace(action, task_id=newer.id, notify=self.events.dead_lettered)
+        return action
 
     def _decide_retired(self, retired: Retired, from_schedule: bool) -> _Action:
         message = retired.message
@@ -161,6 +253,9 @@ class Dispatcher:
                 message.task,
                 message.version,
                 f"Task {message.task!r} is retired (tombstoned) and has no handler.",
+                task_id=_text_id(message.id),
+                tombstone=retired.tombstone,
+                notify=self.events.dead_lettered,
             )
         if from_schedule:
             # The worker, not the scheduler, runs tombstone handlers.
@@ -170,7 +265,7 @@ class Dispatcher:
     def act(self, raw: bytes, action: _Action) -> None:
         """Carry out an action with the storage's ordinary operations."""
         if isinstance(action, DeadLetterAction):
-            self.dead_letter(raw, action.reason, action.task, action.version, action.error)
+            self.write(raw, action)
         elif isinstance(action, DeferAction):
             self.app.storage.add_to_schedule(raw, action.eta)
             action.log()
@@ -183,7 +278,9 @@ class Dispatcher:
     def _run_handler(self, raw: bytes, retired: Retired) -> None:
         failed = self._call_handler(retired)
         if failed is not None:
-            self.dead_letter(raw, failed.reason, failed.task, failed.version, failed.error)
+            self.write(raw, failed)
+        else:
+            self.events.handled(retired)
 
     def _call_handler(self, retired: Retired) -> DeadLetterAction | None:
         """Run the tombstone handler; the dead letter to write if it raised."""
@@ -199,6 +296,9 @@ class Dispatcher:
                 message.task,
                 message.version,
                 f"Tombstone handler for {retired.tombstone!r} raised {type(exc).__name__}: {exc}",
+                task_id=_text_id(message.id),
+                tombstone=retired.tombstone,
+                notify=self.events.dead_lettered,
             )
         return None
 
@@ -211,11 +311,28 @@ class Dispatcher:
         error: str,
         *,
         inflight: str | None = None,
+        task_id: str | None = None,
     ) -> None:
+        """Write a dead letter, then log it and send ``SIGNAL_DEAD_LETTERED``."""
+        self.write(raw, DeadLetterAction(reason, task, version, error, task_id), inflight=inflight)
+
+    def write(self, raw: bytes, action: DeadLetterAction, *, inflight: str | None = None) -> None:
+        """Carry out a dead letter; announced (logged, signalled) once it is stored."""
         entry = self.app.dead_letters.add(
-            reason=reason, raw=raw, task=task, version=version, error=error, inflight=inflight
+            reason=action.reason,
+            raw=raw,
+            task=action.task,
+            version=action.version,
+            error=action.error,
+            inflight=inflight,
         )
-        DeadLetterAction(reason, task, version, error).log(entry.id)
+        self._announced(action).done(entry.id)
+
+    def _announced(self, action: DeadLetterAction) -> DeadLetterAction:
+        """``action``, sending the app's signal once done."""
+        if action.notify is None:
+            return dataclasses.replace(action, notify=self.events.dead_lettered)
+        return action
 
     def _requeue(self, raw: bytes, priority: Any) -> None:
         # Exact bytes back on the queue; a storage without priorities (plain
@@ -259,6 +376,7 @@ class Dispatcher:
                 failed = self._call_handler(decision.retired)
                 if failed is None:
                     slot.ran.append(raw)
+                    self.events.handled(decision.retired)
                 else:
                     self.settle(slot, raw, self._action_settle(slot, raw, failed))
             elif isinstance(decision, DeadLetterAction) and self._pops_with_write(slot):
@@ -337,9 +455,7 @@ class Dispatcher:
             dead = action
 
             def dead_letter() -> None:
-                self.dead_letter(
-                    raw, dead.reason, dead.task, dead.version, dead.error, inflight=slot.key
-                )
+                self.write(raw, dead, inflight=slot.key)
 
             return dead_letter
         if isinstance(action, DeferAction):
@@ -354,6 +470,11 @@ class Dispatcher:
 
             return schedule
         return self._requeue_settle(slot, raw)
+
+
+def _text_id(value: Any) -> str | None:
+    # A header's id is a string, or (read for compatibility) a non-zero integer.
+    return None if value is None else str(value)
 
 
 def remember_dequeued(task: Task, raw: bytes) -> Task:

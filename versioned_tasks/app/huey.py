@@ -31,11 +31,13 @@ from ..exceptions import (
     InvalidArguments,
     InvalidResult,
     MessageRejected,
+    ReplayFailed,
     SchemaError,
     SignatureError,
 )
 from ..messages.actions import (
     SIGNAL_DEFERRED,
+    DeadLetterAction,
     DeferredMessage,
 )
 from ..messages.legacy import (
@@ -82,13 +84,14 @@ from ..storage.classes import (
     RedisStorage,
     SqliteStorage,
 )
-from ..storage.deadletters import DeadLetterStore, Requeue
+from ..storage.deadletters import DeadLetterBackend, DeadLetterStore, Requeue
 from ..storage.reliable import InflightLists, Slot
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
 from ..wire.values import register_model
 from .declare import discover_migrations, set_default_app
 from .dispatch import Dispatcher, dequeued_bytes, remember_dequeued
+from .events import Events
 from .fleet import (
     DEFAULT_FLEET_INTERVAL,
     FleetConsumer,
@@ -96,6 +99,7 @@ from .fleet import (
     WorkerInfo,
     live_workers,
 )
+from .observe import Observer, read_info
 from .serializer import VersionedSerializer
 
 if TYPE_CHECKING:
@@ -128,6 +132,54 @@ H = TypeVar("H", bound=Callable[[RetiredMessage], object])
 _RUNNING: contextvars.ContextVar[tuple[Task, ...]] = contextvars.ContextVar(
     "versioned_tasks_running", default=()
 )
+
+
+class _Replaying:
+    """One ``dead_letters.replay(id)`` call in progress (see ``_REPLAYING``)."""
+
+    __slots__ = ("entry_id", "rejected", "task_id")
+
+    def __init__(self, entry_id: str) -> None:
+        self.entry_id = entry_id
+        #: Why today's pipeline refused the message again (then the entry gets it).
+        self.rejected: MessageRejected | None = None
+        self.task_id: str | None = None
+
+
+#: The replay this context is running, so that the app's replay callback and the
+#: store's result can be told as one event.
+_REPLAYING: contextvars.ContextVar[_Replaying | None] = contextvars.ContextVar(
+    "versioned_tasks_replaying", default=None
+)
+
+
+class _AppDeadLetters(DeadLetterStore):
+    """The app's dead-letter store: a replay, or a replay that fails again, is
+    logged and signalled (``SIGNAL_REPLAYED``, ``SIGNAL_DEAD_LETTERED``)."""
+
+    def __init__(
+        self, backend: DeadLetterBackend, replay: Callable[[bytes], Requeue], events: Events
+    ) -> None:
+        super().__init__(backend, replay)
+        self._events = events
+
+    def replay(self, id: str) -> Any:
+        replaying = _Replaying(id)
+        token = _REPLAYING.set(replaying)
+        try:
+            return super().replay(id)
+        except ReplayFailed as exc:
+            # Today's pipeline refused it and the entry now holds the new reason:
+            # the message is dead-lettered again (a corrupt entry changed nothing).
+            rejected = replaying.rejected
+            if rejected is not None:
+                action = DeadLetterAction(
+                    cast(Reason, exc.reason), exc.task, exc.version, exc.error, replaying.task_id
+                )
+                self._events.dead_lettered(action, id)
+            raise
+        finally:
+            _REPLAYING.reset(token)
 
 
 class _Kept(NamedTuple):
@@ -309,6 +361,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         old_schemas = LockSchemas(schema_lock) if schema_lock is not None else None
         self.schema = SchemaRegistry()
         self._deferrals: Counter[str] = Counter()
+        #: Integrations watching every message (``add_observer``); empty: no cost.
+        self._observers: list[Observer] = []
+        #: Those of them that wrap each execution (their own ``Observer.execute``).
+        self._wrappers: list[Observer] = []
         self._deferrals_lock = threading.Lock()
         self._hand_offs = HandOffs()
         self._dead_letters: DeadLetterStore | None = None
@@ -687,11 +743,43 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """
         self.check_schemas()
         self.dead_letters  # noqa: B018 - fails early for a storage without a store
+        _log_with_the_consumer()
         board = adapter_for(self.storage).fleet_board() if self.fleet_enabled else None
         if board is None:
-            return super().create_consumer(**options)
-        heartbeat = Heartbeat(self, board, self.fleet_interval)
-        return FleetConsumer(self, heartbeat=heartbeat, **options)
+            consumer = super().create_consumer(**options)
+        else:
+            heartbeat = Heartbeat(self, board, self.fleet_interval)
+            consumer = FleetConsumer(self, heartbeat=heartbeat, **options)
+        for observer in self._observers:
+            observer.consumer_created(consumer)
+        return consumer
+
+    def add_observer(self, observer: Observer) -> None:
+        """Add an integration's hooks (see ``versioned_tasks.app.observe.Observer``).
+
+        For integrations such as ``versioned_tasks.contrib.prometheus``; an app
+        without observers pays nothing for them.
+        """
+        if observer in self._observers:
+            return
+        if observer.writes_header:
+            for writer in (self._writer, self._deep_writer):
+                if writer.header_fields is not None:
+                    raise ConfigurationError(
+                        f"App {self.name!r} already has an observer that writes header "
+                        f"fields; remove it first (huey.remove_observer())."
+                    )
+                writer.header_fields = observer.header_fields
+        self._observers.append(observer)
+        self._wrappers = [o for o in self._observers if type(o).execute is not Observer.execute]
+
+    def remove_observer(self, observer: Observer) -> None:
+        """Remove hooks added with :meth:`add_observer` (nothing if absent)."""
+        if observer in self._observers:
+            self._observers.remove(observer)
+            self._wrappers = [o for o in self._wrappers if o is not observer]
+            if observer.writes_header:
+                self._writer.header_fields = self._deep_writer.header_fields = None
 
     def fleet(self) -> list[WorkerInfo]:
         """The consumers of this queue that published a heartbeat recently."""
@@ -705,6 +793,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
     def message_reader(self) -> Reader:
         """The reader of this app's stored bytes (the legacy one when pickle is adopted)."""
         return self._reader
+
+    @property
+    def message_events(self) -> Events:
+        """The logs and signals of what happens to messages (migrate-queue's dead letters)."""
+        return self._dispatch.events
 
     @property
     def message_writer(self) -> Writer:
@@ -734,7 +827,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             if self._dead_letters is None or self._dead_letters_storage is not self.storage:
                 adapter = adapter_for(self.storage)
                 backend = adapter.dead_letters()
-                self._dead_letters = DeadLetterStore(backend, self._replay)
+                self._dead_letters = _AppDeadLetters(backend, self._replay, self._dispatch.events)
                 self._dead_letters_storage = self.storage
                 self._atomic_sql = adapter.atomic_pops(backend)
             return self._dead_letters
@@ -760,16 +853,35 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if isinstance(outcome, Retired) and self._has_handler(outcome):
             # The exact bytes go back; the worker hands them to the tombstone
             # handler. No task, no result.
-            return Requeue(raw, outcome.priority, lambda: None)
-        raise _rejection(outcome)
+            message = outcome.message
+            return Requeue(
+                raw,
+                outcome.priority,
+                lambda: self._replayed(message.task, message.version, str(message.id)),
+            )
+        rejected = _rejection(outcome)
+        replaying = _REPLAYING.get()
+        if replaying is not None:
+            replaying.rejected = rejected
+            replaying.task_id = getattr(outcome, "id", None)
+        raise rejected
+
+    def _replayed(self, task: str | None, version: int | None, task_id: str | None) -> None:
+        replaying = _REPLAYING.get()
+        if replaying is not None:
+            self._dispatch.events.replayed(replaying.entry_id, task, version, task_id)
 
     def _replay_task(self, task: Task) -> Requeue:
         # As enqueue() does, except that the storage write is the store's.
         if task.expires:
             task.resolve_expires(self.utc)
         data = self.serialize_task(task)
+        wire = read_info(task, task)
 
         def enqueued() -> Any:
+            self._replayed(wire.task, wire.version, task.id)
+            if "_vt_from" in task.__dict__:
+                self._dispatch.events.migrated(task)
             self._emit(SIGNAL_ENQUEUED, task)
             if self._immediate:
                 self.execute(self.deserialize_task(data))
@@ -853,7 +965,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             kept = self._unwritable(task, exc)
             try:
                 self._dispatch.dead_letter(
-                    kept.raw, kept.reason, kept.task, kept.version, kept.error
+                    kept.raw, kept.reason, kept.task, kept.version, kept.error, task_id=task.id
                 )
             except Exception:
                 self._dispatch.rescue(kept.raw)
@@ -928,6 +1040,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         list, whatever the task did; unless the task was interrupted (the
         consumer stopping), so that it runs again once recovered.
         """
+        if self._wrappers:
+            with contextlib.ExitStack() as hooks:
+                for observer in self._wrappers:
+                    hooks.enter_context(observer.execute(task))
+                return self._execute_versioned(task, timestamp)
+        return self._execute_versioned(task, timestamp)
+
+    def _execute_versioned(self, task: Task, timestamp: datetime.datetime | None) -> Any:
         token = _RUNNING.set((*_RUNNING.get(), task))
         try:
             value = super().execute(task, timestamp)
@@ -1054,7 +1174,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
 
             def dead_letter() -> None:
                 self._dispatch.dead_letter(
-                    dequeued, reason, name, version, str(error), inflight=key
+                    dequeued, reason, name, version, str(error), inflight=key, task_id=task.id
                 )
 
             with contextlib.suppress(Exception):
@@ -1066,7 +1186,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
             # closest there is to what was enqueued.
             raw = self._writer.encode(task, validate=False)
         try:
-            self._dispatch.dead_letter(raw, reason, name, version, str(error))
+            self._dispatch.dead_letter(raw, reason, name, version, str(error), task_id=task.id)
         except Exception:
             self._dispatch.rescue(raw)
             raise
@@ -1146,6 +1266,24 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         if task_class is None or getattr(task_class, "_vt_spec", None) is not None:
             return None
         return task_class  # type: ignore[no-any-return]
+
+
+def _log_with_the_consumer() -> None:
+    """Show the library's log lines where the consumer shows its own.
+
+    ``huey_consumer`` gives a handler to Huey's ``huey`` logger only. Unless the
+    ``versioned_tasks`` logger or the root logger has handlers of its own (the
+    app configured logging), the library's records go to the ``huey`` logger's
+    handlers, at its level, so that the consumer's output shows dead letters,
+    renames and tombstones as they happen.
+    """
+    ours, theirs = logging.getLogger("versioned_tasks"), logging.getLogger("huey")
+    if ours.handlers or logging.getLogger().handlers or not theirs.handlers:
+        return
+    for handler in theirs.handlers:
+        ours.addHandler(handler)
+    if ours.level == logging.NOTSET:
+        ours.setLevel(theirs.getEffectiveLevel())
 
 
 def _required_parameters(func: Callable[..., Any], options: dict[str, Any]) -> list[str]:

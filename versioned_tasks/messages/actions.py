@@ -24,6 +24,7 @@ __all__ = [
     "DeferredMessage",
     "HandlerAction",
     "RequeueAction",
+    "log_fields",
 ]
 
 #: The Huey signal sent once per deferral of a message newer than the worker
@@ -35,22 +36,74 @@ logger = logging.getLogger("versioned_tasks")
 
 @dataclass(frozen=True, slots=True)
 class DeadLetterAction:
-    """Keep the exact bytes in the dead-letter store."""
+    """Keep the exact bytes in the dead-letter store.
+
+    ``done(entry_id)`` is called once the entry is stored (after the commit,
+    where there is a transaction): it logs the dead letter and, through
+    ``notify`` (set by the app), sends ``SIGNAL_DEAD_LETTERED``.
+    """
 
     reason: Reason
     task: str | None
     version: int | None
     error: str
+    #: The Huey task id, where known.
+    task_id: str | None = None
+    #: For a message of a tombstoned task: the tombstone's name.
+    tombstone: str | None = None
+    notify: Callable[[DeadLetterAction, str], None] | None = field(
+        default=None, compare=False, repr=False
+    )
 
     def log(self, entry_id: str) -> None:
-        logger.warning(
+        logger.info(
             "Dead-lettered %s (task %r, version %s): %s [entry %s]",
             self.reason,
             self.task,
             self.version,
             self.error,
             entry_id,
+            extra=log_fields(
+                "dead_lettered",
+                task=self.task,
+                version=self.version,
+                reason=self.reason,
+                task_id=self.task_id,
+                dead_letter_id=entry_id,
+            ),
         )
+
+    def done(self, entry_id: str) -> None:
+        """The entry is stored: log it, and send the signal where the app listens."""
+        if self.notify is not None:
+            self.notify(self, entry_id)
+        else:
+            self.log(entry_id)
+
+
+def log_fields(
+    event: str,
+    *,
+    task: str | None = None,
+    version: int | None = None,
+    from_version: int | None = None,
+    reason: str | None = None,
+    task_id: str | None = None,
+    dead_letter_id: str | None = None,
+    renamed_from: str | None = None,
+) -> dict[str, Any]:
+    """The structured ``extra`` of a log record about one message: every key, always
+    (None where it does not apply), so that JSON formatters see one shape."""
+    return {
+        "event": event,
+        "task": task,
+        "version": version,
+        "from_version": from_version,
+        "reason": reason,
+        "task_id": task_id,
+        "dead_letter_id": dead_letter_id,
+        "renamed_from": renamed_from,
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +165,12 @@ class DeferAction:
             self.delay,
             self.eta,
             self.age,
+            extra=log_fields(
+                "deferred",
+                task=self.newer.task,
+                version=self.newer.version,
+                task_id=self.newer.id,
+            ),
         )
 
     def message(self) -> DeferredMessage:

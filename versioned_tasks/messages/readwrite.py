@@ -57,6 +57,7 @@ __all__ = [
     "RetiredMessage",
     "Writer",
     "new_task",
+    "wire_origin",
 ]
 
 
@@ -88,6 +89,8 @@ class Rejected:
     task: str | None
     version: int | None
     error: str
+    #: The message's Huey task id, when its header has one.
+    id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,6 +209,8 @@ class Reader:
                         wire = (spec.version, None, at if type(at) in _NUMBER else None)
                         args, kwargs = ((value,), {}) if spec.model is not None else ((), value)
                         task: Task = spec.make_task(args, kwargs, ident, wire)
+                        if version != spec.version:
+                            task._vt_from = (name, version)  # see wire_origin()
                         return task
             return self._read_general(header, body)
         except SignatureError as exc:
@@ -230,9 +235,15 @@ class Reader:
         try:
             return self._read_task(name, version, header, body)
         except _TooDeep as deep:
-            return Rejected(deep.reason, name, version, deep.describe(f"Task {name!r}", version))
+            return Rejected(
+                deep.reason,
+                name,
+                version,
+                deep.describe(f"Task {name!r}", version),
+                _str_or_none(header.get("id")),
+            )
         except _Reject as rej:
-            return Rejected(rej.reason, name, version, rej.error)
+            return Rejected(rej.reason, name, version, rej.error, _str_or_none(header.get("id")))
         except _Defer as defer:
             return Newer(
                 name,
@@ -285,6 +296,10 @@ class Reader:
         task = _build_task(task_class, args, kwargs, header, nested)
         if spec is not None:
             _mark(task, spec.version, spec.params, header)
+            if resolved != name or (version or 1) != spec.version:
+                task._vt_from = (name, version or 1)  # see wire_origin()
+        elif resolved != name:
+            task._vt_from = (name, version)
         return task
 
     def _plain_class(self, resolved: str, name: str) -> type[Task]:
@@ -729,6 +744,13 @@ def wire_info(task: Task) -> tuple[int, tuple[str, ...] | None, float | None] | 
     return info
 
 
+def wire_origin(task: Task) -> tuple[str, int | None] | None:
+    """``(name, version)`` on the wire of a task read under another name (a rename)
+    or at an older version (upcast); None for one read as it runs."""
+    origin: tuple[str, int | None] | None = task.__dict__.get("_vt_from")
+    return origin
+
+
 def task_factory(task_class: type[Task]) -> Callable[..., Task]:
     """A fast constructor of plain tasks: ``make(args, kwargs, id, wire)``.
 
@@ -785,6 +807,10 @@ class Writer:
         #: current-version path, with no lookup per message.
         self.emit: Emit | None = None
         self.check_old: OldSchemaCheck | None = None
+        #: Set by an integration (contrib.otel): more header fields for each
+        #: message, as bytes that start with a comma (``b',"trace":{...}'``) or
+        #: are empty. None (the default) writes nothing more and costs one check.
+        self.header_fields: Callable[[], bytes] | None = None
 
     def encode(self, task: Task, *, validate: bool = True) -> bytes:
         """Encode a task; with ``validate=False`` write its arguments unchecked.
@@ -822,6 +848,8 @@ class Writer:
             fields: dict[str, Any] = {}
             scheduling_fields(task, fields, "", self._nested)
             extra = b"," + _dumps(fields, "its callbacks and scheduling fields")[1:-1]
+        if self.header_fields is not None:
+            extra += self.header_fields()
         at = wire[2] if wire is not None and wire[2] is not None else time.time()
         ident = orjson.dumps({"id": task.id, "at": at})
         return self.frame(b"%s,%s%s%s}" % (head, ident[1:-1], self._tail, extra), body)
@@ -969,7 +997,9 @@ def _has_scheduling(task: Task) -> bool:
 
 
 _NO_VALUE: Final = object()
-_PLAIN_HEADER: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build"})
+#: ``trace`` (the producer's W3C trace context, docs/envelope.md) changes nothing
+#: about how a message is read, so it keeps a message on the hot path.
+_PLAIN_HEADER: Final = frozenset({"kind", "task", "v", "id", "at", "by", "build", "trace"})
 
 
 def scheduling_fields(

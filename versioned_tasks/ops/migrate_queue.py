@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
+from ..messages.actions import DeadLetterAction
 from ..messages.legacy import LegacyConverter, is_envelope, is_legacy
 from ..messages.readwrite import Outcome, Rejected
 from ..messages.reasons import Reason
@@ -27,6 +28,9 @@ logger = logging.getLogger("versioned_tasks")
 # -- migrate-queue ----------------------------------------------------------------------
 
 _CHUNK: Final = 200
+
+#: Logs a dead letter the migration wrote and sends its signal (the app's events).
+Announce = Callable[[DeadLetterAction, str], None]
 
 
 @dataclass(slots=True)
@@ -90,8 +94,9 @@ def migrate(huey: VersionedHuey, converter: LegacyConverter, *, dry_run: bool) -
     queue, schedule = adapter_for(huey.storage).rewrite_areas()
     report = MigrationReport(dry_run=dry_run)
     read = huey.message_reader.read
-    report.queue = _migrate_area(queue, converter, read, huey.dead_letters, report)
-    report.schedule = _migrate_area(schedule, converter, read, huey.dead_letters, report)
+    announce = huey.message_events.dead_lettered
+    report.queue = _migrate_area(queue, converter, read, huey.dead_letters, report, announce)
+    report.schedule = _migrate_area(schedule, converter, read, huey.dead_letters, report, announce)
     report.legacy_values = sorted(
         str(key) for key, value in huey.storage.result_items().items() if is_legacy(value)
     )
@@ -104,6 +109,7 @@ def _migrate_area(
     read: Callable[[bytes], Outcome],
     store: DeadLetterStore,
     report: MigrationReport,
+    announce: Announce,
 ) -> Tally:
     tally = Tally()
     for chunk in _chunks(area.items()):
@@ -120,7 +126,7 @@ def _migrate_area(
         if report.dry_run:
             _count_dry(area, ops, tally, report)
         elif ops:
-            _count(area, ops, area.settle(ops, store), tally, report)
+            _count(area, ops, area.settle(ops, store), tally, report, announce)
     return tally
 
 
@@ -144,6 +150,7 @@ def _count(
     settled: list[DeadLetter | bool],
     tally: Tally,
     report: MigrationReport,
+    announce: Announce,
 ) -> None:
     for op, result in zip(ops, settled, strict=True):
         if result is False:
@@ -152,14 +159,11 @@ def _count(
             assert op.rejected is not None
             tally.dead_lettered += 1
             report.moved.append(_moved(area, result.id, op.rejected))
-            logger.warning(
-                "migrate-queue dead-lettered a %s message as %s (task %r): %s [entry %s]",
-                area.label,
-                result.reason,
-                result.task,
-                result.error,
-                result.id,
+            rejected = op.rejected
+            action = DeadLetterAction(
+                rejected.reason, rejected.task, rejected.version, rejected.error, rejected.id
             )
+            announce(action, result.id)  # logged and signalled as the worker's are
         else:
             tally.converted += 1
 

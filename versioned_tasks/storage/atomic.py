@@ -41,7 +41,11 @@ logger = logging.getLogger("versioned_tasks")
 Decide = Callable[..., "Task | Action"]
 Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
+#: ``settled(raw, decision)``: this worker took the row it decided (for observers).
+Settled = Callable[[bytes, Any], None]
 _Decided = tuple[int, bytes, "Task | Action"]
+#: Dead letters written in a transaction, announced (logged, signalled) once it commits.
+_Written = list[tuple[DeadLetterAction, str]]
 
 #: How many rows a worker reads at once after a head that could not run.
 _AHEAD = 64
@@ -99,8 +103,13 @@ class AtomicSql:
 
     # -- the worker --------------------------------------------------------------
 
-    def dequeue(self, decide: Decide, act: Act, rescue: Rescue) -> Task | None:
-        """Pop until a runnable task; what cannot run is settled with its pop."""
+    def dequeue(
+        self, decide: Decide, act: Act, rescue: Rescue, *, settled: Settled | None = None
+    ) -> Task | None:
+        """Pop until a runnable task; what cannot run is settled with its pop.
+
+        ``settled(raw, decision)`` is called for each row this worker took.
+        """
         empty_since: float | None = None
         ahead = 1
         while True:
@@ -110,14 +119,20 @@ class AtomicSql:
                 if self._wait(empty_since):
                     continue
                 return None
+            written: _Written = []
             if len(run) > 1:
-                taken = self._take_run(run)
+                taken = self._take_run(run, written)
                 if taken is None:
                     ahead = 1  # rolled back: settle one at a time, as below
                     continue
             else:
                 row_id, raw, decision = run[0]
-                taken = [self._take(row_id, raw, decision)]
+                taken = [self._take(row_id, raw, decision, written)]
+            _announce(written)
+            if settled is not None:
+                for (_, raw, decision), took in zip(run, taken, strict=True):
+                    if took:
+                        settled(raw, decision)
             task = self._after_commit(run, taken, act, rescue)
             if task is not None:
                 return task
@@ -138,22 +153,27 @@ class AtomicSql:
                 break
         return run
 
-    def _take_run(self, run: list[_Decided]) -> list[bool] | None:
+    def _take_run(self, run: list[_Decided], written: _Written) -> list[bool] | None:
         """Delete the rows and settle them in one transaction; None if it failed."""
+        mine: _Written = []
         try:
             self._backend.ensure_table()
             with self._storage.db(commit=True) as cursor:
-                return [self._take_row(cursor, row_id, raw, d) for row_id, raw, d in run]
+                taken = [self._take_row(cursor, row_id, raw, d, mine) for row_id, raw, d in run]
         except Exception:
             logger.warning("Settling %d messages at once failed; one at a time.", len(run))
             return None
+        written.extend(mine)
+        return taken
 
-    def _take_row(self, cursor: Any, row_id: int, raw: bytes, decision: Any) -> bool:
+    def _take_row(
+        self, cursor: Any, row_id: int, raw: bytes, decision: Any, written: _Written
+    ) -> bool:
         cursor.execute(self._delete_task, self._row(row_id, raw))
         if cursor.rowcount != 1:
             return False  # another worker took it first
         if not isinstance(decision, Task | HandlerAction):
-            self._apply(cursor, raw, decision)
+            self._apply(cursor, raw, decision, written)
         return True
 
     def _after_commit(
@@ -172,7 +192,7 @@ class AtomicSql:
                 decision.done()  # committed: count it and send the signal
         return None
 
-    def _take(self, row_id: int, raw: bytes, decision: Any) -> bool:
+    def _take(self, row_id: int, raw: bytes, decision: Any, written: _Written) -> bool:
         """Delete the row and settle the decision in one transaction; False if gone."""
         if isinstance(decision, Task | HandlerAction):
             # One statement is a transaction of its own: no begin/commit.
@@ -181,8 +201,11 @@ class AtomicSql:
                 return bool(cursor.rowcount == 1)
         try:
             self._backend.ensure_table()
+            mine: _Written = []
             with self._storage.db(commit=True) as cursor:
-                return self._take_row(cursor, row_id, raw, decision)
+                took = self._take_row(cursor, row_id, raw, decision, mine)
+            written.extend(mine)
+            return took
         except Exception:
             # Rolled back (or never begun), so the message is still queued.
             # Move it behind the others, as the generic path does, so that a
@@ -211,8 +234,12 @@ class AtomicSql:
 
     # -- the scheduler -----------------------------------------------------------
 
-    def read_schedule(self, timestamp: Any, decide: Decide) -> list[Task]:
+    def read_schedule(
+        self, timestamp: Any, decide: Decide, *, settled: Settled | None = None
+    ) -> list[Task]:
         """Pop the due messages; each one that cannot run is settled in the same transaction.
+
+        ``settled(raw, decision)`` is called for each row this scheduler took.
 
         A message whose dead-letter write fails stays on the schedule, untouched,
         and the others go ahead.
@@ -230,6 +257,8 @@ class AtomicSql:
                 logger.exception("The dead-letter table is not usable; bad messages stay put.")
         tasks: list[Task] = []
         deferred: list[DeferAction] = []
+        written: _Written = []
+        took: list[tuple[bytes, Any]] = []
         with self._storage.db(commit=True) as cursor:
             held = self._claim(cursor, decided)
             runnable = [(row_id, raw) for row_id, raw, d in held if isinstance(d, Task)]
@@ -238,10 +267,15 @@ class AtomicSql:
                 if isinstance(decision, Task):
                     if row_id in taken:
                         tasks.append(decision)
-                elif self._settle(cursor, row_id, raw, decision) and isinstance(
-                    decision, DeferAction
-                ):
-                    deferred.append(decision)
+                        took.append((raw, decision))
+                elif self._settle(cursor, row_id, raw, decision, written):
+                    took.append((raw, decision))
+                    if isinstance(decision, DeferAction):
+                        deferred.append(decision)
+        _announce(written)
+        if settled is not None:
+            for raw, decision in took:
+                settled(raw, decision)
         for action in deferred:
             action.done()  # committed, and the storage's lock released
         return tasks
@@ -259,12 +293,16 @@ class AtomicSql:
                 taken.add(row_id)
         return taken
 
-    def _settle(self, cursor: Any, row_id: int, raw: bytes, action: Action) -> bool:
+    def _settle(
+        self, cursor: Any, row_id: int, raw: bytes, action: Action, written: _Written
+    ) -> bool:
         cursor.execute("savepoint vt_settle")
         try:
             cursor.execute(self._delete_scheduled, self._row(row_id, raw))
             if cursor.rowcount == 1:
-                self._apply(cursor, raw, action)
+                mine: _Written = []
+                self._apply(cursor, raw, action, mine)
+                written.extend(mine)  # kept unless rolled back to the savepoint
                 return True
         except Exception:
             cursor.execute("rollback to savepoint vt_settle")
@@ -275,10 +313,10 @@ class AtomicSql:
 
     # -- both --------------------------------------------------------------------
 
-    def _apply(self, cursor: Any, raw: bytes, action: Action) -> None:
+    def _apply(self, cursor: Any, raw: bytes, action: Action, written: _Written) -> None:
         if isinstance(action, DeadLetterAction):
             entry = self._backend.insert(cursor, raw, action)
-            action.log(entry.id)
+            written.append((action, entry.id))  # announced once committed
         elif isinstance(action, DeferAction):
             cursor.execute(
                 self._insert_scheduled, (self._queue, self._blob(raw), action.eta.timestamp())
@@ -375,6 +413,12 @@ class AtomicPostgres(AtomicSql):
     def _requeued(self, cursor: Any) -> None:
         # Wake the waiting workers, as Huey's enqueue does; sent at commit.
         cursor.execute("select pg_notify(%s, %s)", (self._storage.channel, ""))
+
+
+def _announce(written: _Written) -> None:
+    """Log each dead letter of a committed transaction and send its signal."""
+    for action, entry_id in written:
+        action.done(entry_id)
 
 
 def _bytes(rows: list[tuple[int, Any]]) -> list[tuple[int, bytes]]:
