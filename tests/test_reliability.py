@@ -51,6 +51,7 @@ from reliability_support import (
 )
 
 from versioned_tasks import (
+    SIGNAL_UPCAST,
     DeadLetterNotFound,
     VersionedHuey,
     VersionedRedisHuey,
@@ -455,6 +456,49 @@ def test_a_consumer_with_reliable_redis_recovers_from_a_redis_crash_without_losi
     assert absent == [], "bad messages missing from the dead-letter store"
     assert extra == [], "dead letters that are no bad message"
     assert app.pending_count() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_redis_crash_between_the_pop_and_the_run_loses_nothing(own_redis: OwnRedis) -> None:
+    """Regression: Redis dies after a worker took a message and before the task ran
+    (the revocation lookup fails). The message used to be settled as if it had run,
+    so it never ran; now it stays in flight, goes back to the queue and runs, and a
+    connection error is never taken for an unreadable revocation record."""
+    old = VersionedRedisHuey("vt_gap", url=own_redis.url, blocking=False)
+
+    @old.versioned_task(version=1, name="gap.ship")
+    def ship_v1(order: int) -> None: ...
+
+    app = VersionedRedisHuey("vt_gap", url=own_redis.url, blocking=False, reliable=True)
+    ran = Recorder()
+
+    @app.versioned_task(version=2, name="gap.ship")
+    def ship(order: int, carrier: str) -> None:
+        ran(order, carrier)
+
+    @app.upcaster("gap.ship", from_version=1)
+    def add_carrier(payload: dict[str, Any]) -> dict[str, Any]:
+        return {**payload, "carrier": "post"}
+
+    crashed: list[bool] = []
+
+    @app.signal(SIGNAL_UPCAST)
+    def crash_once(signal: str, task: Any, *args: Any) -> None:
+        # The worker has taken the message (an upcast is announced then) and has
+        # not looked at revocations yet: Redis goes down here, once.
+        if not crashed:
+            crashed.append(True)
+            own_redis.kill()
+
+    ship_v1(7)
+    with running_consumer(app, workers=1):
+        wait_for(lambda: bool(crashed), timeout=30)
+        time.sleep(0.5)
+        own_redis.start()
+        wait_for(lambda: len(ran) >= 1, timeout=60)
+    assert ran.calls == [(7, "post")]
+    assert len(app.dead_letters) == 0
+    assert queued(app) == []
 
 
 # -- 5. faults injected into replay -------------------------------------------------------------

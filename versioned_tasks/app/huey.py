@@ -85,7 +85,7 @@ from ..storage.classes import (
     SqliteStorage,
 )
 from ..storage.deadletters import DeadLetterBackend, DeadLetterStore, Requeue
-from ..storage.reliable import InflightLists, Slot
+from ..storage.reliable import InflightLists, Slot, is_transient
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
 from ..wire.values import register_model
@@ -1051,8 +1051,15 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         token = _RUNNING.set((*_RUNNING.get(), task))
         try:
             value = super().execute(task, timestamp)
-        except Exception:
-            self._settle_ran(task)
+        except Exception as exc:
+            if is_transient(exc):
+                # The storage could not be reached (the revocation lookup, the
+                # move to the schedule, the result): whether the outcome is
+                # stored is unknown, so the message stays in flight and goes
+                # back to the queue with the worker's next pop.
+                self._unsettled(task)
+            else:
+                self._settle_ran(task)
             raise
         finally:
             _RUNNING.reset(token)
@@ -1110,7 +1117,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         try:
             data = self.storage.peek_many(keys)
         except Exception as exc:
-            if _current() is not task:
+            if _current() is not task or is_transient(exc):
                 raise
             # The storage cannot even look the records up (PostgreSQL refuses a
             # key holding NUL, say): keep the task rather than drop it.
@@ -1219,6 +1226,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         raw = dequeued_bytes(task)
         if raw is not None:
             slot.ran.append(raw)
+
+    def _unsettled(self, task: Task) -> None:
+        """The task's outcome may not be stored: its in-flight message goes back to
+        the queue (at least once) when the worker pops next."""
+        slot: Slot | None = task.__dict__.pop("_vt_slot", None)
+        if slot is not None:
+            slot.dirty = True
 
     def _settle_task(self, task: Task, write: Callable[[Any], Any]) -> None:
         # In the worker after the task ran: an owed settlement must not look

@@ -46,6 +46,7 @@ __all__ = [
     "InflightLists",
     "Slot",
     "inflight_prefix",
+    "is_transient",
 ]
 
 #: What ``reliable=None`` means on RedisStorage and RedisExpireStorage.
@@ -273,6 +274,19 @@ class InflightLists:
             keys=[key, self.storage.queue_key, self.registry], args=[key, int(unregister)]
         )
         return int(moved)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` says the storage could not be reached (a dropped connection,
+    a timeout), as opposed to a refusal that would happen again on a retry."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    try:
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+    except ImportError:  # pragma: no cover - redis is what reliable fetch runs on
+        return False
+    return isinstance(exc, RedisConnectionError | RedisTimeoutError)
 
 
 def _timeout_error() -> type[Exception]:
