@@ -206,6 +206,7 @@ def test_process_workers_are_summed_in_multiprocess_mode(tmp_path: Path) -> None
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     read = "versioned_tasks_messages_read_total"
     try:
@@ -223,9 +224,12 @@ def test_process_workers_are_summed_in_multiprocess_mode(tmp_path: Path) -> None
 
         wait_for(drained, timeout=60)
         samples = scrape(port)
-    finally:
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=30)
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
     upcasts = "versioned_tasks_upcasts_total"
     assert value(samples, upcasts, task=NEW_NAME, from_version="1", to_version="2") == 40
     dead = "versioned_tasks_dead_letters_total"

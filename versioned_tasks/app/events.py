@@ -91,10 +91,19 @@ class Events:
         if spec is not None and version is not None and version < spec.version:
             self._upcast(task, name, version, spec.version)
 
+    def _heard(self, signal: str) -> bool:
+        """Whether a receiver listens for ``signal`` or for every signal: the worker's
+        per-message notices build nothing when nobody does."""
+        receivers = getattr(self.app._signal, "receivers", None)
+        if not isinstance(receivers, dict):
+            return True  # a Huey whose signals look otherwise: always send
+        return bool(receivers.get(signal)) or bool(receivers.get("any"))
+
     def _renamed(self, task: Task, old: str, new: str, version: int | None) -> None:
         if logger.isEnabledFor(logging.INFO):
             self._log_renamed(task, old, new, version)
-        self.app._emit(SIGNAL_RENAMED, RenamedMessage(old, new, version, task.id))
+        if self._heard(SIGNAL_RENAMED):
+            self.app._emit(SIGNAL_RENAMED, RenamedMessage(old, new, version, task.id))
 
     @staticmethod
     def _log_renamed(task: Task, old: str, new: str, version: int | None) -> None:
@@ -112,7 +121,8 @@ class Events:
     def _upcast(self, task: Task, name: str, version: int, current: int) -> None:
         if logger.isEnabledFor(logging.DEBUG):
             self._log_upcast(task, name, version, current)
-        self.app._emit(SIGNAL_UPCAST, UpcastMessage(name, version, current, task.id))
+        if self._heard(SIGNAL_UPCAST):
+            self.app._emit(SIGNAL_UPCAST, UpcastMessage(name, version, current, task.id))
 
     @staticmethod
     def _log_upcast(task: Task, name: str, version: int, current: int) -> None:

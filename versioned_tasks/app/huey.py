@@ -85,6 +85,7 @@ from ..storage.classes import (
     SqliteStorage,
 )
 from ..storage.deadletters import DeadLetterBackend, DeadLetterStore, Requeue
+from ..storage.forking import guard_across_fork, guard_storage_across_fork
 from ..storage.reliable import InflightLists, Slot, is_transient
 from ..wire.envelope import MAX_DEPTH_CEILING
 from ..wire.revocations import check_record, restore_hint
@@ -374,6 +375,11 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         #: How many tasks were declared when migrations packages were last looked for.
         self._migrations_seen = 0
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
+        # Threads of a consumer's main process (metrics, heartbeat) use these
+        # while it forks its workers.
+        guard_across_fork(self, "_dead_letters_lock")
+        guard_across_fork(self, "_deferrals_lock")
+        guard_storage_across_fork(self.storage)
         self._dispatch = Dispatcher(self)
         self._reader = Reader(
             self.schema, serializer.unpack, self._plain_task, max_depth=serializer.max_depth
@@ -825,6 +831,7 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         """The dead-letter store beside this app's storage (opened on first use)."""
         with self._dead_letters_lock:
             if self._dead_letters is None or self._dead_letters_storage is not self.storage:
+                guard_storage_across_fork(self.storage)
                 adapter = adapter_for(self.storage)
                 backend = adapter.dead_letters()
                 self._dead_letters = _AppDeadLetters(backend, self._replay, self._dispatch.events)
