@@ -12,6 +12,9 @@ thread and times over HTTP:
 - a deep page (offset 90% into the store);
 - the census page (time to first byte, and until the last byte).
 
+On Redis it also times the one-time rebuild of the store's counts (as for a
+store written before the counts existed), step by step.
+
 Prints each time (best of ``--rounds``) and the process's peak RSS after
 filling and after the requests. Not part of ``make test``::
 
@@ -96,15 +99,43 @@ def fill_sqlite(app: VersionedSqliteHuey, n: int) -> None:
 
 def fill_redis(app: VersionedRedisHuey, n: int) -> None:
     backend: Any = app.dead_letters._backend
-    keys = [backend._entries, backend._index, backend._seq]
+    keys = [backend._entries, backend._index, backend._seq, backend._counts, backend._state]
     conn = app.storage.conn
     sha = conn.script_load(backend._add.script)
     pipe = conn.pipeline(transaction=False)
     for count, entry in enumerate(entries(app, n), start=1):
-        pipe.evalsha(sha, 3, *keys, entry.id, _pack(entry))
+        pipe.evalsha(sha, len(keys), *keys, entry.id, _pack(entry))
         if count % 5000 == 0:
             pipe.execute()
     pipe.execute()
+
+
+def recount_redis(app: VersionedRedisHuey) -> None:
+    """The one-time rebuild of the counts of a store written before they existed:
+    the counts' keys are dropped, then rebuilt step by step as a first read does.
+    Prints the total time, the longest single step (how long Redis is busy at
+    once) and the memory the counts take in Redis."""
+    backend: Any = app.dead_letters._backend
+    conn = app.storage.conn
+    conn.delete(backend._counts, backend._state)
+    keys = backend._count_keys
+    longest = 0.0
+    started = time.perf_counter()
+    restart = "1"
+    while True:
+        step = time.perf_counter()
+        done, _ = backend._rebuild(keys=keys, args=[2000, restart])
+        longest = max(longest, time.perf_counter() - step)
+        restart = "0"
+        if int(done):
+            break
+    total = time.perf_counter() - started
+    groups = conn.hlen(backend._counts)
+    size = conn.memory_usage(backend._counts) or 0
+    print(
+        f"  rebuild of the counts (a store written before them): {total:.1f} s, "
+        f"longest step {longest * 1000:.1f} ms; {groups} groups, {size / 1024:.1f} KiB in Redis"
+    )
 
 
 def free_port() -> int:
@@ -164,6 +195,8 @@ def measure(label: str, app: VersionedHuey, n: int, rounds: int) -> None:
     fill = time.perf_counter() - started
     assert len(app.dead_letters) == n, len(app.dead_letters)
     print(f"\n{label}: filled {n:,} dead letters in {fill:.1f} s; peak RSS {peak_rss_mb():.0f} MB")
+    if isinstance(app, VersionedRedisHuey):
+        recount_redis(app)
     entry = app.dead_letters.page(limit=1, offset=n // 2).entries[0].id
     with Served(app) as base, httpx.Client(base_url=base, timeout=600) as client:
         for name, path in PAGES:

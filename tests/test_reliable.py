@@ -320,9 +320,9 @@ def test_bad_messages_are_dead_lettered_once_with_their_bytes_and_leave_no_in_fl
 
 
 def _settles(command: tuple[Any, ...]) -> bool:
-    # The dead-letter script with a settle has four keys: entries, index,
-    # sequence and the in-flight list.
-    return str(command[0]).upper() == "EVALSHA" and int(command[2]) == 4
+    # The dead-letter script with a settle has six keys: entries, index,
+    # sequence, counts, their state and the in-flight list.
+    return str(command[0]).upper() == "EVALSHA" and int(command[2]) == 6
 
 
 class FlakyPipeline(redis.client.Pipeline):  # type: ignore[misc]

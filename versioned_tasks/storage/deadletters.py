@@ -63,6 +63,9 @@ __all__ = [
 
 _PAGE = 500
 
+#: The format of the counts a Redis store keeps beside its entries (``.counts.state``).
+COUNTS_FORMAT = "1"
+
 #: ``created_at`` of a corrupt entry whose stored time cannot be read.
 _EPOCH = datetime.datetime.fromtimestamp(0, tz=datetime.UTC)
 
@@ -467,12 +470,31 @@ class DeadLetterStore:
     def counts(self, *, scan_limit: int | None = DEFAULT_SCAN_LIMIT) -> DeadLetterCounts:
         """How many entries there are by reason and by task and version.
 
-        SQL backends count in the database. The others read each entry's
-        metadata (never its message bytes, on Redis), newest first, up to
-        ``scan_limit`` entries (None: all); ``exhaustive`` says whether the
-        counts cover the whole store.
+        SQL backends count in the database (``group by`` on an index). Redis
+        reads the counts it keeps beside the entries, updated by the same
+        script as each write (as many values as groups, whatever the number
+        of entries); both are exact and ignore ``scan_limit``. Memory and
+        files read each entry's metadata, newest first, up to ``scan_limit``
+        entries (None: all); ``exhaustive`` says whether the counts cover the
+        whole store.
+
+        On a Redis store written by a release that did not keep counts, the
+        first call rebuilds them from the entries, once (see :meth:`recount`).
         """
         return self._backend.tally(scan_limit)
+
+    def recount(self) -> int:
+        """Rebuild the counts a Redis store keeps from its entries; returns how
+        many entries were read (0 on other backends, which keep no counts).
+
+        Not needed in normal use: every write keeps the counts, and a store
+        written before they existed is recounted at its first count. It reads
+        the metadata of every entry (never the message bytes) in short
+        server-side steps of 2,000 entries, so Redis never blocks for long;
+        entries written meanwhile are counted exactly.
+        """
+        backend = self._backend
+        return backend.recount() if isinstance(backend, RedisBackend) else 0
 
     def count(
         self,
@@ -482,8 +504,11 @@ class DeadLetterStore:
         version: int | None = None,
         before: datetime.datetime | None = None,
     ) -> int:
-        """How many entries match (all of them without a filter); on backends
-        that scan, this reads every entry's metadata."""
+        """How many entries match (all of them without a filter).
+
+        SQL counts in the database; Redis adds up its kept counts, unless
+        ``before`` is given (then, like memory and files, it reads every
+        entry's metadata)."""
         flt = DeadLetterFilter(reason, task, version, before)
         return len(self) if flt.empty else self._backend.count_where(flt)
 
@@ -1000,56 +1025,10 @@ class PostgresBackend(_SqlBackend):
             cursor.execute("select pg_notify(%s, %s)", (channel, ""))
 
 
-# KEYS: entries, index, seq[, inflight]; ARGV: id, packed entry.
-# HSETNX makes a call that redis-py retries after a lost reply a no-op.
-_ADD_LUA = """
-if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
-    return 0
-end
-redis.call('ZADD', KEYS[2], redis.call('INCR', KEYS[3]), ARGV[1])
-if KEYS[4] then
-    local packed = ARGV[2]
-    local raw = string.sub(packed, string.find(packed, '\\n', 1, true) + 1)
-    redis.call('LREM', KEYS[4], 1, raw)
-end
-return 1
-"""
-
-# KEYS: entries; ARGV: id, packed entry. Never re-creates an entry removed meanwhile.
-_UPDATE_LUA = """
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
-    return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-"""
-
-# KEYS: entries, index, queue, marker; ARGV: id, token, how ('list', 'sorted' or
-# 'none'), message, score. Returns 1 when it removed the entry and queued the
-# message, 0 when there was no entry, 2 when this very call (same token) already
-# did it: redis-py re-sent it after losing the reply.
-_TAKE_LUA = """
-if redis.call('GET', KEYS[4]) == ARGV[2] then
-    return 2
-end
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then
-    return 0
-end
-redis.call('ZREM', KEYS[2], ARGV[1])
-if ARGV[3] == 'list' then
-    redis.call('LPUSH', KEYS[3], ARGV[4])
-elseif ARGV[3] == 'sorted' then
-    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
-end
-redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
-return 1
-"""
-
-# The console's scans of a Redis store, in Lua so that only what is asked for comes
-# back (never the message bytes). Both read the index from a score downwards
-# (ARGV[1], Redis range syntax) for at most ARGV[2] entries, parse each entry's
-# metadata line with cjson, and return the number scanned and the last score.
-_META_LUA = """
+# How each entry's metadata line is read in Lua: reason, task, version (text, ''
+# for none) and created (Unix time, 0 for unknown). ``group_of`` names the
+# counter an entry counts under (see the counts below).
+_META_FN = """
 local function meta_of(data, with_created)
     if not data then return 'undecodable', '', '', 0 end
     local newline = string.find(data, '\\n', 1, true)
@@ -1074,31 +1053,211 @@ local function meta_of(data, with_created)
     local created = type(meta.created_at) == 'number' and meta.created_at or 0
     return reason, task, version, created
 end
+local function group_of(data)
+    local reason, task, version = meta_of(data)
+    return reason .. '\\0' .. task .. '\\0' .. version
+end
+"""
+
+# The counts of a Redis store: a hash (``.counts``) of entries per group (reason,
+# task and version, NUL-separated), kept by the same scripts that write the
+# entries, so that it moves with them in one atomic step. Its state (``.counts.state``,
+# a hash): ``format`` says the counts are kept (this format); while they are being
+# rebuilt, ``cursor`` is the sequence number up to which the rebuild has counted
+# (empty: none yet), and a write counts only entries at or below it (the rebuild
+# reads the others when it gets there). Without ``format`` (a store written before
+# the counts existed), writes count nothing until a rebuild starts.
+_COUNTS_FN = (
+    _META_FN
+    + f"local FORMAT = '{COUNTS_FORMAT}'"
+    + """
+local function counted(state, seq)
+    local kept = redis.call('HMGET', state, 'format', 'cursor')
+    if kept[1] ~= FORMAT then return false end
+    if not kept[2] then return true end
+    return kept[2] ~= '' and seq ~= nil and seq <= tonumber(kept[2])
+end
+local function bump(counts, data, by)
+    local group = group_of(data)
+    if redis.call('HINCRBY', counts, group, by) <= 0 then
+        redis.call('HDEL', counts, group)
+    end
+end
+"""
+)
+
+# KEYS: entries, index, seq, counts, state[, inflight]; ARGV: id, packed entry.
+# HSETNX makes a call that redis-py retries after a lost reply a no-op. The first
+# entry of an empty store starts its counts.
+_ADD_LUA = (
+    _COUNTS_FN
+    + """
+if redis.call('EXISTS', KEYS[5]) == 0 and redis.call('HLEN', KEYS[1]) == 0 then
+    redis.call('DEL', KEYS[4])
+    redis.call('HSET', KEYS[5], 'format', FORMAT)
+end
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then
+    return 0
+end
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], seq, ARGV[1])
+if counted(KEYS[5], seq) then bump(KEYS[4], ARGV[2], 1) end
+if KEYS[6] then
+    local packed = ARGV[2]
+    local raw = string.sub(packed, string.find(packed, '\\n', 1, true) + 1)
+    redis.call('LREM', KEYS[6], 1, raw)
+end
+return 1
+"""
+)
+
+# KEYS: entries, index, counts, state; ARGV: id, packed entry. Never re-creates
+# an entry removed meanwhile.
+_UPDATE_LUA = (
+    _COUNTS_FN
+    + """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+    return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+if counted(KEYS[4], tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))) then
+    bump(KEYS[3], old, -1)
+    bump(KEYS[3], ARGV[2], 1)
+end
+return 1
+"""
+)
+
+# KEYS: entries, index, queue, marker, counts, state; ARGV: id, token, how ('list',
+# 'sorted' or 'none'), message, score. Returns 1 when it removed the entry and
+# queued the message, 0 when there was no entry, 2 when this very call (same
+# token) already did it: redis-py re-sent it after losing the reply.
+_TAKE_LUA = (
+    _COUNTS_FN
+    + """
+if redis.call('GET', KEYS[4]) == ARGV[2] then
+    return 2
+end
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then
+    return 0
+end
+local seq = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1]))
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if counted(KEYS[6], seq) then bump(KEYS[5], old, -1) end
+if ARGV[3] == 'list' then
+    redis.call('LPUSH', KEYS[3], ARGV[4])
+elseif ARGV[3] == 'sorted' then
+    redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+end
+redis.call('SET', KEYS[4], ARGV[2], 'EX', 3600)
+return 1
+"""
+)
+
+# KEYS: entries, index, counts, state; ARGV: the ids. Returns how many it removed.
+_DELETE_LUA = (
+    _COUNTS_FN
+    + """
+local removed = 0
+for i = 1, #ARGV do
+    local old = redis.call('HGET', KEYS[1], ARGV[i])
+    local seq = tonumber(redis.call('ZSCORE', KEYS[2], ARGV[i]))
+    redis.call('ZREM', KEYS[2], ARGV[i])
+    if old then
+        redis.call('HDEL', KEYS[1], ARGV[i])
+        if counted(KEYS[4], seq) then bump(KEYS[3], old, -1) end
+        removed = removed + 1
+    end
+end
+return removed
+"""
+)
+
+# KEYS: entries, index, counts, state; ARGV: none. Returns how many entries there were.
+_PURGE_LUA = (
+    _COUNTS_FN
+    + """
+local count = redis.call('HLEN', KEYS[1])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('HSET', KEYS[4], 'format', FORMAT)
+return count
+"""
+)
+
+# KEYS: entries, index, counts, state; ARGV: entries per step, '1' to start over.
+# One step of a rebuild of the counts, oldest entries first from the cursor.
+# Returns {1 when the counts are complete, entries read}.
+_REBUILD_LUA = (
+    _COUNTS_FN
+    + """
+local kept = redis.call('HMGET', KEYS[4], 'format', 'cursor')
+local cursor = kept[2]
+if ARGV[2] == '1' or kept[1] ~= FORMAT then
+    redis.call('DEL', KEYS[3], KEYS[4])
+    redis.call('HSET', KEYS[4], 'format', FORMAT, 'cursor', '')
+    cursor = ''
+elseif not cursor then
+    return {1, 0}
+end
+local low = '-inf'
+if cursor ~= '' then low = '(' .. cursor end
+local size = tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], low, '+inf', 'WITHSCORES', 'LIMIT', 0, size)
+local counts, order = {}, {}
+for i = 1, #ids, 2 do
+    local data = redis.call('HGET', KEYS[1], ids[i])
+    if data then
+        local group = group_of(data)
+        if counts[group] == nil then
+            counts[group] = 0
+            order[#order + 1] = group
+        end
+        counts[group] = counts[group] + 1
+    end
+end
+for _, group in ipairs(order) do
+    redis.call('HINCRBY', KEYS[3], group, counts[group])
+end
+if #ids / 2 < size then
+    redis.call('HDEL', KEYS[4], 'cursor')
+    return {1, #ids / 2}
+end
+redis.call('HSET', KEYS[4], 'cursor', ids[#ids])
+return {0, #ids / 2}
+"""
+)
+
+# KEYS: entries, counts, state. Returns the number of entries, whether the counts
+# are complete (1) and the counts, as group, count pairs: all read in one step.
+_COUNTS_LUA = (
+    _COUNTS_FN
+    + """
+local kept = redis.call('HMGET', KEYS[3], 'format', 'cursor')
+local ready = 0
+if kept[1] == FORMAT and not kept[2] then ready = 1 end
+local out = {redis.call('HLEN', KEYS[1]), ready}
+if ready == 1 then
+    local flat = redis.call('HGETALL', KEYS[2])
+    for i = 1, #flat do out[#out + 1] = flat[i] end
+end
+return out
+"""
+)
+
+# The console's scans of a Redis store, in Lua so that only what is asked for comes
+# back (never the message bytes). Both read the index from a score downwards
+# (ARGV[1], Redis range syntax) for at most ARGV[2] entries, parse each entry's
+# metadata line with cjson, and return the number scanned and the last score.
+_META_LUA = (
+    _META_FN
+    + """
 local ids = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[1], '-inf', 'WITHSCORES',
                        'LIMIT', 0, tonumber(ARGV[2]))
 local out = {#ids / 2, ''}
 if #ids > 0 then out[2] = ids[#ids] end
-"""
-
-# Counts: then reason, task, version (text, '' for none) and count, per group.
-_TALLY_LUA = (
-    _META_LUA
-    + """
-local counts, order = {}, {}
-for i = 1, #ids, 2 do
-    local reason, task, version = meta_of(redis.call('HGET', KEYS[1], ids[i]))
-    local key = reason .. '\\0' .. task .. '\\0' .. version
-    if counts[key] == nil then
-        counts[key] = 0
-        order[#order + 1] = key
-    end
-    counts[key] = counts[key] + 1
-end
-for _, key in ipairs(order) do
-    out[#out + 1] = key
-    out[#out + 1] = counts[key]
-end
-return out
 """
 )
 
@@ -1129,6 +1288,22 @@ return out
 )
 
 
+def _group(field: Any) -> tuple[str, str | None, int | None]:
+    """Reason, task and version of a group of the counts (or of a tally step)."""
+    text = bytes(field).decode("utf-8", "replace") if not isinstance(field, str) else field
+    reason, _, rest = text.partition("\0")
+    task, _, version = rest.rpartition("\0")
+    return (
+        reason if reason in REASONS else "undecodable",
+        task or None,
+        int(version) if version.lstrip("-").isdigit() else None,
+    )
+
+
+def _flat_total(flat: Sequence[Any]) -> int:
+    return sum(int(flat[at]) for at in range(1, len(flat), 2))
+
+
 def _score(score: Any) -> str:
     """A sequence score as a cursor (scores are integers written as floats or bytes)."""
     value = float(score.decode() if isinstance(score, bytes) else score)
@@ -1136,11 +1311,12 @@ def _score(score: Any) -> str:
 
 
 class RedisBackend:
-    """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``.
+    """Keys ``huey.deadletters.<name>`` (entries), ``.index`` (order), ``.seq``,
+    ``.counts`` and ``.counts.state`` (entries per reason, task and version).
 
-    Each write is one Lua script, so one round trip and atomic; a replay also
-    leaves ``.replayed.<id>`` for an hour, so that the same call re-sent after a
-    lost reply is recognised as done.
+    Each write is one Lua script, so one round trip and atomic, and it keeps the
+    counts in the same step; a replay also leaves ``.replayed.<id>`` for an hour,
+    so that the same call re-sent after a lost reply is recognised as done.
     """
 
     def __init__(self, storage: RedisStorage, *, sorted_queue: bool) -> None:
@@ -1151,12 +1327,17 @@ class RedisBackend:
         self._index = f"{base}.index"
         self._seq = f"{base}.seq"
         self._replayed = f"{base}.replayed."
+        self._counts = f"{base}.counts"
+        self._state = f"{base}.counts.state"
         self._sorted = sorted_queue
         self._add = self._conn.register_script(_ADD_LUA)
         self._update = self._conn.register_script(_UPDATE_LUA)
         self._take = self._conn.register_script(_TAKE_LUA)
-        self._tally = self._conn.register_script(_TALLY_LUA)
         self._match = self._conn.register_script(_MATCH_LUA)
+        self._delete = self._conn.register_script(_DELETE_LUA)
+        self._purge = self._conn.register_script(_PURGE_LUA)
+        self._rebuild = self._conn.register_script(_REBUILD_LUA)
+        self._read_counts = self._conn.register_script(_COUNTS_LUA)
 
     @staticmethod
     def _unpack(id: bytes | str, data: bytes) -> DeadLetter:
@@ -1167,7 +1348,7 @@ class RedisBackend:
         """Write ``entry`` in one script; with ``inflight`` (internal: the key of a
         list holding the message while it is handled), the same script removes
         one copy of ``entry.raw`` from that list."""
-        keys = [self._entries, self._index, self._seq]
+        keys = [self._entries, self._index, self._seq, self._counts, self._state]
         if inflight is not None:
             keys.append(inflight)
         self._add(keys=keys, args=[entry.id, _pack(entry)])
@@ -1189,7 +1370,7 @@ class RedisBackend:
         when the queue was empty) and the write's error (None once written); a
         lost connection raises, as a pop does.
         """
-        keys = [self._entries, self._index, self._seq]
+        keys = [self._entries, self._index, self._seq, self._counts, self._state]
         if inflight is not None:
             keys.append(inflight)
         # Not a transaction: the script is atomic on its own, and the pop must
@@ -1222,11 +1403,19 @@ class RedisBackend:
         if entry is None or entry.corrupt:
             return False
         packed = _pack(replace(entry, reason=reason, error=error))
-        return bool(self._update(keys=[self._entries], args=[id, packed]))
+        keys = [self._entries, self._index, self._counts, self._state]
+        return bool(self._update(keys=keys, args=[id, packed]))
 
     def take(self, id: str, data: bytes | None, priority: Any) -> bool:
         how, message, score = self._queueing(data, priority)
-        keys = [self._entries, self._index, self._storage.queue_key, self._replayed + id]
+        keys = [
+            self._entries,
+            self._index,
+            self._storage.queue_key,
+            self._replayed + id,
+            self._counts,
+            self._state,
+        ]
         token = uuid.uuid4().hex
         return bool(self._take(keys=keys, args=[id, token, how, message, score]))
 
@@ -1242,58 +1431,72 @@ class RedisBackend:
         prefix = struct.pack(">Q", int(time.time() * 1e6))
         return "sorted", prefix + data, 0 if priority is None else -priority
 
+    @property
+    def _count_keys(self) -> list[str]:
+        return [self._entries, self._index, self._counts, self._state]
+
     def delete(self, id: str) -> bool:
-        pipe = self._conn.pipeline(transaction=True)
-        pipe.hdel(self._entries, id)
-        pipe.zrem(self._index, id)
-        removed, _ = pipe.execute()
-        return bool(removed)
+        return bool(self._delete(keys=self._count_keys, args=[id]))
 
     def purge(self) -> int:
-        pipe = self._conn.pipeline(transaction=True)
-        pipe.hlen(self._entries)
-        pipe.delete(self._entries, self._index)
-        count, _ = pipe.execute()
-        return int(count)
+        return int(self._purge(keys=self._count_keys, args=[]))
 
     def identity_chunks(self, size: int) -> Iterator[DeadChunk]:
-        # Counted in Redis, newest first by sequence number (the index's unique
-        # scores, so that entries added or replayed meanwhile never shift the ones
-        # left to read): only the counts come back, never the entries' bytes.
-        for _, groups in self._tally_steps(None, size):
-            by_identity: dict[Identity, int] = {}
-            for _, task, version, count in groups:
-                by_identity[task, version] = by_identity.get((task, version), 0) + count
+        # From the counts the store keeps (one read, as many rows as groups).
+        by_identity: dict[Identity, int] = {}
+        for _, task, version, count in self.groups():
+            by_identity[task, version] = by_identity.get((task, version), 0) + count
+        if by_identity:
             yield list(by_identity.items())
 
-    def _tally_steps(
-        self, scan_limit: int | None, size: int = SCAN_CHUNK
-    ) -> Iterator[tuple[int, list[tuple[str, str | None, int | None, int]]]]:
-        """Scan steps of the tally script: entries read, and (reason, task, version,
-        count) groups, newest first, until ``scan_limit`` entries (None: all)."""
-        counted, cursor = 0, None
-        while scan_limit is None or counted < scan_limit:
-            step_size = size if scan_limit is None else min(size, scan_limit - counted)
-            top = "+inf" if cursor is None else f"({cursor}"
-            step, last, *flat = self._tally(
-                keys=[self._entries, self._index], args=[top, step_size]
-            )
-            counted += int(step)
-            groups: list[tuple[str, str | None, int | None, int]] = []
-            for at in range(0, len(flat), 2):
-                reason, task, version = bytes(flat[at]).decode("utf-8", "replace").split("\0")
-                groups.append(
-                    (
-                        reason if reason in REASONS else "undecodable",
-                        task or None,
-                        int(version) if version.lstrip("-").isdigit() else None,
-                        int(flat[at + 1]),
-                    )
-                )
-            yield int(step), groups
-            if int(step) < step_size or not last:
-                return
-            cursor = _score(last)
+    # -- the counts ---------------------------------------------------------------
+
+    def recount(self, *, size: int = SCAN_CHUNK) -> int:
+        """Rebuild the counts from the entries, in steps of ``size`` entries (each
+        one short script); returns how many entries were read.
+
+        Writes meanwhile keep the counts exact: an entry the rebuild has passed
+        is counted by the write that changes it, one it has not yet reached is
+        read by the rebuild when it gets there.
+        """
+        return self._finish_rebuild(size, restart=True)
+
+    def _finish_rebuild(self, size: int, *, restart: bool) -> int:
+        read = 0
+        while True:
+            done, step = self._rebuild(keys=self._count_keys, args=[size, "1" if restart else "0"])
+            restart = False
+            read += int(step)
+            if int(done):
+                return read
+
+    def _counted(self) -> tuple[int, list[Any] | None]:
+        """The number of entries and the kept counts (flat), or None while there are none."""
+        entries, ready, *flat = self._read_counts(
+            keys=[self._entries, self._counts, self._state], args=[]
+        )
+        return int(entries), flat if int(ready) else None
+
+    def groups(self) -> list[tuple[str, str | None, int | None, int]]:
+        """(reason, task, version, count) of every group of entries, from the counts
+        the store keeps beside them: as many as there are groups, whatever the
+        number of entries.
+
+        A store written before the counts existed (or by a release that did not
+        keep them, whose writes leave the counts' sum off the number of entries)
+        has its counts rebuilt first, once, in steps (see :meth:`recount`).
+        """
+        entries, flat = self._counted()
+        if flat is None and entries == 0:
+            return []  # never used, or emptied: nothing to count, nothing to write
+        if flat is None or _flat_total(flat) != entries:
+            self._finish_rebuild(SCAN_CHUNK, restart=flat is not None)
+            entries, flat = self._counted()
+        groups: list[tuple[str, str | None, int | None, int]] = []
+        for at in range(0, len(flat or ()), 2):
+            assert flat is not None
+            groups.append((*_group(flat[at]), int(flat[at + 1])))
+        return groups
 
     def census_count(self) -> int:
         return self.count()
@@ -1361,20 +1564,23 @@ class RedisBackend:
                 return DeadLetterPage(self.fetch(found), None, scanned)
 
     def tally(self, scan_limit: int | None) -> DeadLetterCounts:
-        counts = DeadLetterCounts(total=self.count(), counted=0)
-        counted = 0
-        for step, groups in self._tally_steps(scan_limit):
-            counted += step
-            for group in groups:
-                counts.add(*group)
-        return replace(
-            counts,
-            total=max(counts.total, counted),
-            counted=counted,
-            exhaustive=counted >= counts.total,
-        )
+        # From the kept counts: exact, whatever scan_limit.
+        counts = DeadLetterCounts(total=0, counted=0)
+        for group in self.groups():
+            counts.add(*group)
+        total = sum(counts.by_reason.values())
+        return replace(counts, total=total, counted=total)
 
     def count_where(self, flt: DeadLetterFilter) -> int:
+        if flt.before is None:
+            # Reason, task and version are what the counts are kept by.
+            return sum(
+                count
+                for reason, task, version, count in self.groups()
+                if (flt.reason is None or reason == flt.reason)
+                and (flt.task is None or task == flt.task)
+                and (flt.version is None or version == flt.version)
+            )
         return sum(1 for _ in self._all_matches(flt))
 
     def fetch(self, ids: list[str]) -> list[DeadLetter]:
@@ -1408,12 +1614,7 @@ class RedisBackend:
         ids = list(self._all_matches(flt))
         removed = 0
         for start in range(0, len(ids), 1000):
-            batch = ids[start : start + 1000]
-            pipe = self._conn.pipeline(transaction=True)
-            pipe.hdel(self._entries, *batch)
-            pipe.zrem(self._index, *batch)
-            count, _ = pipe.execute()
-            removed += int(count)
+            removed += int(self._delete(keys=self._count_keys, args=ids[start : start + 1000]))
         return removed
 
 
