@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from helpers import queued
+from helpers import queued, wait_for
 
 with warnings.catch_warnings():
     # Starlette 1.x prefers its httpx fork for the test client and warns when it
@@ -124,6 +124,69 @@ def test_an_unknown_entry_is_404(client: TestClient) -> None:
         response = client.get(path)
         assert response.status_code == 404
         assert "No dead letter with id &#39;nope&#39;" in response.text
+
+
+def history_rows(html: str) -> list[list[str]]:
+    """The cells of the overview's table of samples, newest first."""
+    table = html.split('<table class="numbers history-table">', 1)[1].split("</table>", 1)[0]
+    rows = re.findall(r"<tr>(.*?)</tr>", table, re.S)
+    return [re.findall(r"<t[hd]>(.*?)</t[hd]>", row) for row in rows]
+
+
+def test_the_overview_draws_dead_letters_by_reason_over_time(dead: VersionedHuey) -> None:
+    """The console samples the counts by reason in the background while it runs and
+    keeps the newest few: a line per reason in an SVG chart and a table, escaped like
+    the rest; a new kind of dead letter shows up in a later sample."""
+    with TestClient(create_app(dead, history_interval=0.02, history_size=3)) as client:
+        check_history(dead, client)
+
+
+def check_history(dead: VersionedHuey, client: TestClient) -> None:
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "Dead letters by reason over time" in page.text
+    assert "<svg" in page.text
+    assert "<script" not in page.text.split("<svg", 1)[1]
+    drawn = set(re.findall(r'<polyline class="reason-line" data-reason="(\w+)"', page.text))
+    assert drawn == {"invalid_payload", "unknown_task", "undecodable"}
+    header, newest = history_rows(page.text)[:2]
+    assert dict(zip(header[1:], newest[1:], strict=True)) == {
+        "unknown_task": "1",
+        "invalid_payload": "2",
+        "undecodable": "1",
+        "all": "4",
+    }
+
+    dead.dead_letters.add(reason="retired", raw=b"r", error="retired", task="t", version=1)
+
+    def sampled_again() -> bool:
+        text = client.get("/").text
+        return 'data-reason="retired"' in text and "(3 so far)" in text
+
+    wait_for(sampled_again)
+    rows = history_rows(client.get("/").text)
+    assert "retired" in rows[0]
+    assert rows[1][-1] == "5"  # the newest sample has every entry
+    assert len(rows) == 4  # a header and the 3 samples kept
+
+
+def test_a_console_without_its_lifespan_samples_as_pages_are_served(dead: VersionedHuey) -> None:
+    """Mounted where no lifespan reaches it, the console takes a sample when a page is
+    served and the newest is older than the interval: here, the first page only."""
+    client = TestClient(create_app(dead, history_interval=3600))
+    for path in ("/dead-letters", "/", "/"):
+        assert client.get(path).status_code == 200
+    page = client.get("/").text
+    assert "(1 so far)" in page
+    assert history_rows(page)[1][-1] == "4"
+
+
+def test_the_overview_without_history_says_so(dead: VersionedHuey) -> None:
+    client = TestClient(create_app(dead, history_interval=0))
+    page = client.get("/")
+    assert page.status_code == 200
+    assert "No history" in page.text
+    assert "<svg" not in page.text
 
 
 def test_the_list_shows_counts_and_filters(dead: VersionedHuey, client: TestClient) -> None:

@@ -71,10 +71,10 @@ def _free_port() -> int:
 class Served:
     """A console served by uvicorn in a thread."""
 
-    def __init__(self, app: VersionedHuey, token: str | None) -> None:
+    def __init__(self, app: VersionedHuey, token: str | None, **options: Any) -> None:
         self.port = _free_port()
         config = uvicorn.Config(
-            create_app(app, token=token),
+            create_app(app, token=token, **options),
             host="127.0.0.1",
             port=self.port,
             log_level="warning",
@@ -304,8 +304,8 @@ def test_a_write_is_refused_without_the_token(
 
 def test_census_fleet_and_overview(browser: Any, dead: VersionedHuey, shots: Any) -> None:
     """The census streams to its tables, the fleet says no worker is live, the overview
-    counts the store."""
-    with Served(dead, TOKEN) as served:
+    counts the store and draws its samples of the dead letters by reason."""
+    with Served(dead, TOKEN, history_interval=0.05) as served:
         page = open_page(browser, f"{served.url}/census")
         assert "5 dead-lettered" in page.inner_text(".done")
         assert "mail.send" in page.inner_text("table.census")
@@ -315,4 +315,12 @@ def test_census_fleet_and_overview(browser: Any, dead: VersionedHuey, shots: Any
         shots(page, "fleet")
         page.goto(f"{served.url}/")
         assert "Dead letters" in page.inner_text("table.numbers")
+        for n in range(3):  # more dead letters in each later sample
+            for _ in range(n + 1):
+                dead.dead_letters.add(reason="retired", raw=b"r", error="retired")
+            samples = len(page.locator("table.history-table tbody tr").all())
+            while len(page.locator("table.history-table tbody tr").all()) == samples:
+                page.reload()
+        assert page.locator("figure.history svg polyline").count() == 4
+        assert "retired: 6" in page.inner_text("figure.history figcaption")
         shots(page, "overview")

@@ -9,11 +9,13 @@ shown as bytes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import json
 import queue
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 from urllib.parse import urlencode
@@ -33,6 +35,8 @@ from ..messages.readwrite import REASONS
 from ..ops import census as _census
 from ..ops import dead_letters as _dead_letters
 from ..storage.deadletters import DeadLetter
+from ..storage.reason_counts import count_by_reason
+from .history import ReasonHistory
 from .security import CSRF_COOKIE, CSRF_FIELD, SESSION_COOKIE, Guard
 
 __all__ = ["create_app"]
@@ -128,9 +132,20 @@ class Filter:
 class Console:
     """The console of one app: its routes and what they share."""
 
-    def __init__(self, huey: VersionedHuey, *, token: str | None, title: str | None) -> None:
+    def __init__(
+        self,
+        huey: VersionedHuey,
+        *,
+        token: str | None,
+        title: str | None,
+        history_interval: float = 60.0,
+        history_size: int = 1440,
+    ) -> None:
         self.huey = huey
         self.guard = Guard(token)
+        self.history = ReasonHistory(
+            lambda: count_by_reason(huey.dead_letters), history_interval, history_size
+        )
         self.title = title or f"versioned-tasks console: {huey.name}"
         self.templates = jinja2.Environment(
             loader=jinja2.PackageLoader("versioned_tasks.web", "templates"),
@@ -140,11 +155,21 @@ class Console:
         self.templates.filters["hexdump"] = hexdump
         self.templates.filters["as_text"] = as_text
 
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        """Samples the dead letters by reason in the background while served."""
+        self.history.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(self.history.stop)
+
     # -- rendering ----------------------------------------------------------------
 
     def render(
         self, request: Request, template: str, status_code: int = 200, **context: Any
     ) -> HTMLResponse:
+        self.history.tick()
         csrf, new = self.guard.csrf_value(request)
         html = self.templates.get_template(template).render(
             request=request,
@@ -191,6 +216,7 @@ class Console:
 
     def overview(self, request: Request) -> Response:
         huey = self.huey
+        self.history.tick()
         counts = huey.dead_letters.counts(scan_limit=COUNT_LIMIT)
         return self.render(
             request,
@@ -199,6 +225,7 @@ class Console:
             scheduled=huey.scheduled_count(),
             counts=counts,
             workers=len(_fleet.live_workers(huey)),
+            history=self.history.view(),
         )
 
     # -- dead letters ---------------------------------------------------------------
@@ -608,7 +635,12 @@ def _secure(request: Request) -> bool:
 
 
 def create_app(
-    huey: VersionedHuey, *, token: str | None = None, title: str | None = None
+    huey: VersionedHuey,
+    *,
+    token: str | None = None,
+    title: str | None = None,
+    history_interval: float = 60.0,
+    history_size: int = 1440,
 ) -> Starlette:
     """The console of ``huey`` as an ASGI application (Starlette).
 
@@ -621,8 +653,19 @@ def create_app(
         token: the secret that allows changes (replay, edit, delete, purge);
             without one the console is read-only and says so.
         title: the page title (default: the queue's name).
+        history_interval: seconds between two samples of the dead letters by
+            reason that the overview draws over time (0: no history), taken
+            in the background under the ASGI lifespan, and by pages served
+            when the newest sample is older.
+        history_size: samples kept, oldest dropped first (1440: a day at 60 s).
     """
-    console = Console(huey, token=token, title=title)
+    console = Console(
+        huey,
+        token=token,
+        title=title,
+        history_interval=history_interval,
+        history_size=history_size,
+    )
     routes = [
         Route("/", console.overview, name="overview"),
         Route("/dead-letters", console.dead_letters, name="dead_letters"),
@@ -652,6 +695,6 @@ def create_app(
             name="static",
         ),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, lifespan=console.lifespan)
     app.state.console = console
     return app
