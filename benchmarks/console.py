@@ -1,10 +1,11 @@
 """The console with a million dead letters: how fast its pages answer, and memory.
 
 Fills N dead letters (default 1,000,000) on Redis (a queue name of its own,
-deleted afterwards) and in a SQLite file, in bulk through each backend's own
-write statement (SQLite: one ``executemany`` of the store's insert; Redis: the
-store's add script, pipelined), then serves the console with uvicorn in a
-thread and times over HTTP:
+deleted afterwards), in a SQLite file and, with ``--postgres``, in PostgreSQL
+(tables of a prefix of their own, dropped afterwards), in bulk through each
+backend's own write statement (SQL: ``executemany`` of the store's insert;
+Redis: the store's add script, pipelined), then serves the console with
+uvicorn in a thread and times over HTTP:
 
 - the dead-letter list, first page (with its counts by reason and task);
 - a filtered page (one reason), and a filter on a rare task (the slowest kind
@@ -18,7 +19,8 @@ store written before the counts existed), step by step.
 Prints each time (best of ``--rounds``) and the process's peak RSS after
 filling and after the requests. Not part of ``make test``::
 
-    python benchmarks/console.py [--n 1000000] [--rounds 3] [--only sqlite|redis]
+    python benchmarks/console.py [--n 1000000] [--rounds 3] [--only sqlite|redis|postgres]
+                                 [--postgres]
 """
 
 from __future__ import annotations
@@ -38,7 +40,12 @@ import httpx
 import orjson
 import uvicorn
 
-from versioned_tasks import VersionedHuey, VersionedRedisHuey, VersionedSqliteHuey
+from versioned_tasks import (
+    VersionedHuey,
+    VersionedPostgresHuey,
+    VersionedRedisHuey,
+    VersionedSqliteHuey,
+)
 from versioned_tasks.storage.deadletters import DeadLetter, _pack
 from versioned_tasks.web import create_app
 
@@ -82,7 +89,7 @@ def _at(ts: float) -> Any:
     return datetime.datetime.fromtimestamp(ts, tz=datetime.UTC)
 
 
-def fill_sqlite(app: VersionedSqliteHuey, n: int) -> None:
+def fill_sql(app: VersionedSqliteHuey | VersionedPostgresHuey, n: int) -> None:
     backend: Any = app.dead_letters._backend
     backend.ensure_table()
     batch: list[tuple[Any, ...]] = []
@@ -188,8 +195,10 @@ PAGES = [
 
 def measure(label: str, app: VersionedHuey, n: int, rounds: int) -> None:
     started = time.perf_counter()
-    if isinstance(app, VersionedSqliteHuey):
-        fill_sqlite(app, n)
+    if isinstance(app, VersionedSqliteHuey | VersionedPostgresHuey):
+        fill_sql(app, n)
+        if isinstance(app, VersionedPostgresHuey):
+            app.storage.sql(f"analyze {app.dead_letters._backend.table}", commit=True)
     else:
         fill_redis(app, n)  # type: ignore[arg-type]
     fill = time.perf_counter() - started
@@ -219,7 +228,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--only", choices=["sqlite", "redis"])
+    parser.add_argument("--only", choices=["sqlite", "redis", "postgres"])
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="also PostgreSQL (tables of a prefix of their own, dropped afterwards)",
+    )
+    parser.add_argument(
+        "--pg-dsn", default=os.environ.get("PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+    )
     parser.add_argument(
         "--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     )
@@ -229,6 +246,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             app = VersionedSqliteHuey("bench_console", filename=os.path.join(tmp, "q.db"))
             measure("SQLite file", app, args.n, args.rounds)
+    if args.only == "postgres" or (args.only is None and args.postgres):
+        prefix = f"vt_bench_{uuid.uuid4().hex[:8]}"
+        app = VersionedPostgresHuey(
+            "bench_console", dsn=args.pg_dsn, table_prefix=prefix, blocking=False
+        )
+        try:
+            measure(f"PostgreSQL (tables {prefix}_*)", app, args.n, args.rounds)
+        finally:
+            for table in ("vt_dead_letters", "kv", "schedule", "task", "counter"):
+                app.storage.sql(f"drop table if exists {prefix}_{table}", commit=True)
+            app.storage.close()
     if args.only in (None, "redis"):
         name = f"vt_bench_console_{uuid.uuid4().hex[:8]}"
         app = VersionedRedisHuey(name, url=args.redis_url, fleet=False, reliable=False)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from helpers import queued, running_consumer, wait_for
+from helpers import REDIS_URL, flush_redis_name, queued, require_redis, running_consumer, wait_for
 from huey.registry import Message
 
 from versioned_tasks import DeadLetterNotFound, VersionedHuey
@@ -377,3 +377,45 @@ def test_replay_refuses_when_live_workers_run_an_older_version(
         result = invoke(runner, "dlq", "replay", entry.id, "--app", v2, "--require-worker")
         assert result.exit_code == 0, result.output
         assert "Warning" not in result.stderr
+
+
+# -- recount ---------------------------------------------------------------------
+
+
+def test_recount_rebuilds_the_counts_of_a_redis_store(
+    runner: CliRunner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Redis the kept counts are rebuilt from the entries (here after they were
+    deleted, as for a store written before them) and summed up by reason."""
+    require_redis()
+    queue = f"vt_cli_recount_{uuid.uuid4().hex[:12]}"
+    module = f"vt_cli_recount_app_{uuid.uuid4().hex[:12]}"
+    (tmp_path / f"{module}.py").write_text(
+        "from versioned_tasks import VersionedRedisHuey\n\n"
+        f"huey = VersionedRedisHuey({queue!r}, url={REDIS_URL!r}, fleet=False)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        app = app_of(f"{module}:huey")
+        for reason in ("retired", "retired", "unknown_task"):
+            app.dead_letters.add(reason=reason, raw=b"x", error="e", task="t", version=1)
+        app.storage.conn.delete(f"huey.deadletters.{queue}.counts")
+        result = invoke(runner, "dlq", "recount", "--app", f"{module}:huey")
+        assert result.exit_code == 0, result.output
+        assert f"Recounted 3 dead letters of queue '{queue}': 2 retired, 1 unknown_task." in (
+            result.output
+        )
+        assert app.dead_letters.counts().by_reason == {"retired": 2, "unknown_task": 1}
+    finally:
+        sys.modules.pop(module, None)
+        flush_redis_name(queue)
+
+
+def test_recount_on_sql_says_there_is_nothing_to_rebuild(
+    runner: CliRunner, dead: tuple[str, str]
+) -> None:
+    new, _ = dead
+    result = invoke(runner, "dlq", "recount", "--app", new)
+    assert result.exit_code == 0, result.output
+    assert "there are no kept counts to rebuild" in result.output

@@ -12,6 +12,7 @@
     versioned-tasks dlq delete  ID... --app module.attr
     versioned-tasks dlq purge   --app module.attr [--reason R] [--task NAME] [--version N]
                                 [--older-than AGE] [--yes]
+    versioned-tasks dlq recount --app module.attr
     versioned-tasks web    --app module.attr [--host 127.0.0.1] [--port 8090] [--token T]
     versioned-tasks migrate-queue --app module.attr [--dry-run] [--legacy-pickle]
     versioned-tasks lock   --app module.attr [--lock PATH]
@@ -700,6 +701,31 @@ def delete_command(entry_ids: tuple[str, ...], app_path: str) -> None:
             click.echo(f"Deleted {id}.")
         else:
             click.echo(f"{id} was already gone.")
+
+
+@dlq.command("recount")
+@_app_option
+@_handles_errors
+def recount_command(app_path: str) -> None:
+    """Rebuild the counts by reason, task and version a Redis store keeps.
+
+    Every write keeps them, and a store written before they existed is
+    recounted at its first count: run this after a rolling deploy from a
+    release without them, once the last old worker is gone.
+    """
+    app = load_app(app_path)
+    store = app.dead_letters
+    if not store.keeps_counts:
+        click.echo(
+            f"The dead letters of queue {app.name!r} are counted from the entries "
+            f"themselves on this storage: there are no kept counts to rebuild."
+        )
+        return
+    read = store.recount()
+    by_reason = store.counts().by_reason
+    summary = ", ".join(f"{n:,} {reason}" for reason, n in sorted(by_reason.items()))
+    ending = f": {summary}." if summary else "."
+    click.echo(f"Recounted {read:,} dead letters of queue {app.name!r}{ending}")
 
 
 def _exists(store: Any, id: str) -> bool:

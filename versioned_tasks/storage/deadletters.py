@@ -483,6 +483,12 @@ class DeadLetterStore:
         """
         return self._backend.tally(scan_limit)
 
+    @property
+    def keeps_counts(self) -> bool:
+        """Whether the store keeps counts beside its entries (Redis), which
+        :meth:`recount` rebuilds."""
+        return isinstance(self._backend, RedisBackend)
+
     def recount(self) -> int:
         """Rebuild the counts a Redis store keeps from its entries; returns how
         many entries were read (0 on other backends, which keep no counts).
