@@ -32,7 +32,11 @@ def plain_roles(text: str) -> str:
 
 
 def markdown_literals(text: str) -> str:
-    """reST's ``text::`` before an indented block, as Markdown shows it: ``text:``."""
+    """reST's ``text::`` before an indented block, as Markdown shows it: ``text:``.
+
+    A ``::`` alone on its line goes: the indented block after it is code anyway.
+    """
+    text = re.sub(r"^[ \t]*::[ \t]*$", "", text, flags=re.MULTILINE)
     return re.sub(r"(?<=\S)::$", ":", text, flags=re.MULTILINE)
 
 
