@@ -8,7 +8,12 @@ out of the navigation, a broken link or anchor, and a missing captured output.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from pathlib import Path
+
+import click
+
+from versioned_tasks.cli.main import main as cli_main
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -54,3 +59,32 @@ def test_the_strict_build_fails_on_an_omitted_page_or_a_broken_anchor() -> None:
     for setting in ("omitted_files", "unrecognized_links", "anchors"):
         assert re.search(rf"^  {setting}: warn$", config, re.MULTILINE), setting
     assert "check_paths: true" in config  # a missing captured output fails the build
+
+
+def _commands(command: click.Command, path: str) -> Iterator[tuple[str, click.Command]]:
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in sorted(command.commands.items()):
+            yield from _commands(sub, f"{path} {name}")
+
+
+def test_the_command_line_page_covers_every_command_and_option() -> None:
+    """docs/cli.md names each command, in its synopsis too, and each of its options."""
+    text = (DOCS / "cli.md").read_text("utf-8")
+    synopsis = text[: text.index("\n## ")]
+    missing = []
+    for path, command in _commands(cli_main, "versioned-tasks"):
+        if isinstance(command, click.Group):
+            continue
+        if f"{path} " not in synopsis:
+            missing.append(f"{path} (synopsis)")
+        options = [p for p in command.params if isinstance(p, click.Option) and not p.hidden]
+        missing.extend(
+            f"{path} {option.opts[0]}"
+            for option in options
+            if not any(name in text for name in option.opts)
+        )
+    assert not missing, (
+        "docs/cli.md does not mention these (the generated docs/reference/cli.md "
+        "lists them already; explain them on the guide page): " + ", ".join(missing)
+    )
