@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 from typing import Any
 
 import griffe
@@ -61,9 +62,9 @@ class ProjectDocstrings(griffe.Extension):
         agent: griffe.Visitor | griffe.Inspector,
         **kwargs: Any,
     ) -> None:
-        if attr.docstring is not None or attr.lineno is None or attr.filepath is None:
+        if attr.docstring is not None or attr.lineno is None:
             return
-        if not isinstance(agent, griffe.Visitor):
+        if not isinstance(agent, griffe.Visitor) or not isinstance(attr.filepath, Path):
             return
         text = comment_docstring(agent.lines_collection[attr.filepath], attr.lineno)
         if text is not None:
