@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "generated"
-COLUMNS = 100
+COLUMNS = 90
 
 #: The app as yesterday's release declared it: the lock is taken from it.
 APP_V1 = """
