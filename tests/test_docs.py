@@ -49,6 +49,7 @@ SKIPPED_BLOCKS: dict[tuple[str, str], str] = {
     ("docs/django.md", "# reports/tasks.py"): "a Django app's tasks.py",
     ("docs/django.md", "# conftest.py"): "a Django project's conftest.py",
     ("docs/django.md", "# shop/tests.py"): "a Django app's tests",
+    ("docs/quickstart.md", "# shop/tasks.py"): "a Django app's tasks.py",
 }
 
 FENCE = re.compile(

@@ -68,6 +68,7 @@ logger = logging.getLogger("versioned_tasks")
 TaskRef = str | VersionedTaskWrapper[..., Any]
 #: ``scrub(task, version, payload)``: the payload to write, or None to leave it out.
 Scrub = Callable[[str, int, dict[str, Any]], "dict[str, Any] | None"]
+#: Where :func:`capture_payloads` reads messages from.
 Source = Literal["queue", "schedule", "dead_letters"]
 
 _SOURCES: Final = ("queue", "schedule", "dead_letters")

@@ -829,7 +829,13 @@ def _edit_in_editor(current: _dead_letters.Editable) -> Any:
 @main.command("web", short_help="Serve the operations console in the browser.")
 @_app_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--port", default=8090, show_default=True, type=click.IntRange(0, 65535))
+@click.option(
+    "--port",
+    default=8090,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on.",
+)
 @click.option(
     "--token",
     envvar="VERSIONED_TASKS_WEB_TOKEN",

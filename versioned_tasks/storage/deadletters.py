@@ -454,8 +454,9 @@ class DeadLetterStore:
             limit: entries per page.
             cursor: the ``next_cursor`` of the previous page (None: from the newest).
             offset: entries (matching ones, with a filter) to skip first.
-            reason, task, version: only entries with this reason, task name on
-                the wire, schema version.
+            reason: only entries with this reason.
+            task: only entries with this task name on the wire.
+            version: only entries with this schema version.
             before: only entries created before this time.
             scan_limit: on backends that filter by scanning (memory, files,
                 Redis), the most entries whose metadata are read for this page;

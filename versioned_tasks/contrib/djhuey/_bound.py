@@ -51,11 +51,17 @@ def _versioned_instance(instance: Any) -> VersionedHuey:
 #: djhuey's instance, built from ``settings.HUEY``; it must be a VersionedHuey.
 HUEY: VersionedHuey = _versioned_instance(djhuey.HUEY)
 
+#: :meth:`VersionedHuey.versioned_task` of :data:`HUEY`.
 versioned_task = HUEY.versioned_task
+#: :meth:`VersionedHuey.versioned_periodic_task` of :data:`HUEY`.
 versioned_periodic_task = HUEY.versioned_periodic_task
+#: :meth:`VersionedHuey.upcaster` of :data:`HUEY`.
 upcaster = HUEY.upcaster
+#: :meth:`VersionedHuey.downcaster` of :data:`HUEY`.
 downcaster = HUEY.downcaster
+#: :meth:`VersionedHuey.rename` of :data:`HUEY`.
 rename = HUEY.rename
+#: :meth:`VersionedHuey.tombstone` of :data:`HUEY`.
 tombstone = HUEY.tombstone
 
 # Set while call_local runs a db task in the caller's thread: the caller's
