@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Recorder, running_consumer, wait_for
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -207,3 +208,28 @@ def test_a_run_whose_dead_letter_write_fails_is_settled_one_by_one(tmp_path: Pat
         b"junk 3",
         b"poison",
     ]
+
+
+def test_thread_workers_of_one_consumer_never_race_for_the_same_row(tmp_path: Path) -> None:
+    """Thread workers share the storage's connection: each reads past the rows the
+    others are deciding, so every message costs one delete and runs once."""
+    app = VersionedSqliteHuey("threads", filename=str(tmp_path / "q.db"))
+    ran = Recorder()
+
+    @app.versioned_task(version=1, name="threads.job")
+    def job(n: int) -> None:
+        ran(n)
+
+    for n in range(200):
+        job(n)
+    deletes: list[str] = []
+    app.storage.conn.set_trace_callback(
+        lambda sql: deletes.append(sql) if sql.startswith("delete from task") else None
+    )
+
+    with running_consumer(app, workers=4):
+        wait_for(lambda: len(ran) == 200)
+
+    assert sorted(n for (n,) in ran.calls) == list(range(200))
+    assert len(deletes) == 200
+    assert app.pending_count() == 0
