@@ -233,3 +233,34 @@ def test_thread_workers_of_one_consumer_never_race_for_the_same_row(tmp_path: Pa
     assert sorted(n for (n,) in ran.calls) == list(range(200))
     assert len(deletes) == 200
     assert app.pending_count() == 0
+
+
+def test_a_task_revoked_once_while_queued_is_skipped_once_with_records_read_at_the_pop(
+    tmp_path: Path,
+) -> None:
+    """The pop reads the task's revocation records with the delete; the worker
+    uses them once: a task revoked once is skipped and its record cleared, and
+    the same call enqueued again runs."""
+    app = VersionedSqliteHuey("revoked", filename=str(tmp_path / "q.db"))
+
+    @app.versioned_task(version=1, name="revoked.job")
+    def job(n: int) -> int:
+        return n
+
+    skipped = job(1)
+    skipped.revoke(revoke_once=True)
+    lookups: list[str] = []
+    app.storage.conn.set_trace_callback(
+        lambda sql: lookups.append(sql) if sql.startswith("select key, value from kv") else None
+    )
+
+    task = app.dequeue()
+    assert task is not None
+    assert app.execute(task) is None
+    assert len(lookups) == 1  # read with the pop, not again by Huey's execute
+    assert not skipped.is_revoked()
+    ran = job(2)
+    task = app.dequeue()
+    assert task is not None
+    app.execute(task)
+    assert ran.get() == 2

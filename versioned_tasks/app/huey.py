@@ -1121,8 +1121,14 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 for a signature), naming the task, the key and the fix.
         """
         keys = self._revoke_keys(task)
+        # Records read by the SQL pop that took this task (storage.atomic), once.
+        looked_up = task.__dict__.pop("_vt_revocations", None) if isinstance(task, Task) else None
         try:
-            data = self.storage.peek_many(keys)
+            data = (
+                looked_up[1]
+                if looked_up and looked_up[0] == keys
+                else self.storage.peek_many(keys)
+            )
         except Exception as exc:
             if _current() is not task or is_transient(exc):
                 raise

@@ -53,6 +53,8 @@ Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
 #: ``settled(raw, decision)``: this worker took the row it decided (for observers).
 Settled = Callable[[bytes, Any], None]
+#: The storage keys of a task's revocation records (Huey's ``_revoke_keys``).
+RevocationKeys = Callable[[Task], list[str]]
 _Decided = tuple[int, bytes, "Task | Action"]
 #: Dead letters written in a transaction, announced (logged, signalled) once it commits.
 _Written = list[tuple[DeadLetterAction, str]]
@@ -119,14 +121,26 @@ class AtomicSql:
     def _requeued(self, cursor: Any) -> None:
         """Called in the transaction that put a message back on the queue."""
 
+    def _lookup_records(self, count: int) -> str | None:
+        """The query reading ``count`` revocation records, or None: no look-up ahead."""
+        return None
+
     # -- the worker --------------------------------------------------------------
 
     def dequeue(
-        self, decide: Decide, act: Act, rescue: Rescue, *, settled: Settled | None = None
+        self,
+        decide: Decide,
+        act: Act,
+        rescue: Rescue,
+        *,
+        settled: Settled | None = None,
+        revocation_keys: RevocationKeys | None = None,
     ) -> Task | None:
         """Pop until a runnable task; what cannot run is settled with its pop.
 
         ``settled(raw, decision)`` is called for each row this worker took.
+        With ``revocation_keys``, a task popped alone carries its revocation
+        records, read while the pop held the storage (see ``_look_up_records``).
         """
         empty_since: float | None = None
         ahead = 1
@@ -147,7 +161,7 @@ class AtomicSql:
                         continue
                 else:
                     row_id, raw, decision = run[0]
-                    taken = [self._take(row_id, raw, decision, written)]
+                    taken = [self._take(row_id, raw, decision, written, revocation_keys)]
             finally:
                 # Deleted and committed, or rolled back and still queued.
                 self._release(heads)
@@ -243,13 +257,23 @@ class AtomicSql:
                 decision.done()  # committed: count it and send the signal
         return None
 
-    def _take(self, row_id: int, raw: bytes, decision: Any, written: _Written) -> bool:
+    def _take(
+        self,
+        row_id: int,
+        raw: bytes,
+        decision: Any,
+        written: _Written,
+        revocation_keys: RevocationKeys | None = None,
+    ) -> bool:
         """Delete the row and settle the decision in one transaction; False if gone."""
         if isinstance(decision, Task | HandlerAction):
             # One statement is a transaction of its own: no begin/commit.
             with self._storage.db() as cursor:
                 cursor.execute(self._delete_task, self._row(row_id, raw))
-                return bool(cursor.rowcount == 1)
+                took = bool(cursor.rowcount == 1)
+                if took and revocation_keys is not None and isinstance(decision, Task):
+                    self._look_up_records(cursor, decision, revocation_keys)
+                return took
         try:
             self._backend.ensure_table()
             mine: _Written = []
@@ -263,6 +287,28 @@ class AtomicSql:
             # broken dead-letter table does not keep it at the head.
             self._to_tail(row_id, raw)
             raise
+
+    def _look_up_records(self, cursor: Any, task: Task, keys_of: RevocationKeys) -> None:
+        """Read the task's revocation records while this pop holds the storage.
+
+        Huey looks them up when it executes the task, a few microseconds later
+        in the same thread; reading them here spares the worker taking the
+        storage's lock once more per task, which with thread workers is a
+        hand-over between threads. The records go on the task as ``(keys,
+        {key: value})``, for the app's ``is_revoked``, which takes them once. The
+        row is already deleted: a failure here only leaves the look-up to Huey.
+        """
+        try:
+            keys = keys_of(task)
+            query = self._lookup_records(len(keys))
+            if query is None:
+                return
+            cursor.execute(query, (self._queue, *keys))
+            task.__dict__["_vt_revocations"] = (keys, dict(cursor.fetchall()))
+        except Exception:
+            logger.debug(
+                "Revocation records not read with the pop; Huey reads them.", exc_info=True
+            )
 
     def _to_tail(self, row_id: int, raw: bytes) -> None:
         try:
@@ -396,6 +442,10 @@ class AtomicSqlite(AtomicSql):
 
     def _blob(self, raw: bytes) -> Any:
         return self._storage.to_blob(raw)
+
+    def _lookup_records(self, count: int) -> str | None:
+        # As SqliteStorage.peek_many reads them (its kv table).
+        return f"select key, value from kv where queue = ? and key in ({', '.join('?' * count)})"
 
 
 class AtomicPostgres(AtomicSql):
