@@ -265,3 +265,28 @@ def test_a_task_revoked_once_while_queued_is_skipped_once_with_records_read_at_t
     assert task is not None
     app.execute(task)
     assert ran.get() == 2
+
+
+def test_a_revocation_made_between_the_pop_and_execute_is_honoured(tmp_path: Path) -> None:
+    """Records read with the pop are not used once this process revoked or
+    restored since: a task revoked after it was dequeued is skipped, and one
+    restored after it was dequeued runs, as with Huey's own lookup."""
+    app = VersionedSqliteHuey("late", filename=str(tmp_path / "q.db"))
+
+    @app.versioned_task(version=1, name="late.job")
+    def job(n: int) -> int:
+        return n
+
+    revoked_late = job(1)
+    task = app.dequeue()
+    assert task is not None
+    revoked_late.revoke()
+    assert app.execute(task) is None
+    assert revoked_late.get() is None
+
+    restored_late = job(2)
+    restored_late.revoke()
+    task = app.dequeue()
+    assert task is not None
+    restored_late.restore()
+    assert app.execute(task) == 2

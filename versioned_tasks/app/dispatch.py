@@ -76,7 +76,7 @@ class Dispatcher:
         """
         self.app._ensure_checked()
         if self.app._atomic is not None:
-            keys = self.app._revoke_keys
+            keys = self.app._revocation_keys_for_pop
             if not self.app._observers:
                 return self.app._atomic.dequeue(
                     self.decide, self.act, self.rescue, revocation_keys=keys
