@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import Recorder, running_consumer, wait_for
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -207,3 +208,85 @@ def test_a_run_whose_dead_letter_write_fails_is_settled_one_by_one(tmp_path: Pat
         b"junk 3",
         b"poison",
     ]
+
+
+def test_thread_workers_of_one_consumer_never_race_for_the_same_row(tmp_path: Path) -> None:
+    """Thread workers share the storage's connection: each reads past the rows the
+    others are deciding, so every message costs one delete and runs once."""
+    app = VersionedSqliteHuey("threads", filename=str(tmp_path / "q.db"))
+    ran = Recorder()
+
+    @app.versioned_task(version=1, name="threads.job")
+    def job(n: int) -> None:
+        ran(n)
+
+    for n in range(200):
+        job(n)
+    deletes: list[str] = []
+    app.storage.conn.set_trace_callback(
+        lambda sql: deletes.append(sql) if sql.startswith("delete from task") else None
+    )
+
+    with running_consumer(app, workers=4):
+        wait_for(lambda: len(ran) == 200)
+
+    assert sorted(n for (n,) in ran.calls) == list(range(200))
+    assert len(deletes) == 200
+    assert app.pending_count() == 0
+
+
+def test_a_task_revoked_once_while_queued_is_skipped_once_with_records_read_at_the_pop(
+    tmp_path: Path,
+) -> None:
+    """The pop reads the task's revocation records with the delete; the worker
+    uses them once: a task revoked once is skipped and its record cleared, and
+    the same call enqueued again runs."""
+    app = VersionedSqliteHuey("revoked", filename=str(tmp_path / "q.db"))
+
+    @app.versioned_task(version=1, name="revoked.job")
+    def job(n: int) -> int:
+        return n
+
+    skipped = job(1)
+    skipped.revoke(revoke_once=True)
+    lookups: list[str] = []
+    app.storage.conn.set_trace_callback(
+        lambda sql: lookups.append(sql) if sql.startswith("select key, value from kv") else None
+    )
+
+    task = app.dequeue()
+    assert task is not None
+    assert len(lookups) == 1  # read with the pop
+    assert app.execute(task) is None
+    assert len(lookups) == 1  # not again by Huey's execute
+    assert not skipped.is_revoked()
+    ran = job(2)
+    task = app.dequeue()
+    assert task is not None
+    app.execute(task)
+    assert ran.get() == 2
+
+
+def test_a_revocation_made_between_the_pop_and_execute_is_honoured(tmp_path: Path) -> None:
+    """Records read with the pop are not used once this process revoked or
+    restored since: a task revoked after it was dequeued is skipped, and one
+    restored after it was dequeued runs, as with Huey's own lookup."""
+    app = VersionedSqliteHuey("late", filename=str(tmp_path / "q.db"))
+
+    @app.versioned_task(version=1, name="late.job")
+    def job(n: int) -> int:
+        return n
+
+    revoked_late = job(1)
+    task = app.dequeue()
+    assert task is not None
+    revoked_late.revoke()
+    assert app.execute(task) is None
+    assert revoked_late.get() is None
+
+    restored_late = job(2)
+    restored_late.revoke()
+    task = app.dequeue()
+    assert task is not None
+    restored_late.restore()
+    assert app.execute(task) == 2

@@ -76,11 +76,18 @@ class Dispatcher:
         """
         self.app._ensure_checked()
         if self.app._atomic is not None:
+            keys = self.app._revocation_keys_for_pop
             if not self.app._observers:
-                return self.app._atomic.dequeue(self.decide, self.act, self.rescue)
+                return self.app._atomic.dequeue(
+                    self.decide, self.act, self.rescue, revocation_keys=keys
+                )
             self._held().clear()
             return self.app._atomic.dequeue(
-                self._decide_held, self.act, self.rescue, settled=self._settled
+                self._decide_held,
+                self.act,
+                self.rescue,
+                settled=self._settled,
+                revocation_keys=keys,
             )
         slot = self.app.inflight.slot() if self.app.inflight is not None else None
         if slot is not None:

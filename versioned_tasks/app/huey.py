@@ -12,6 +12,7 @@ import contextvars
 import datetime
 import functools
 import inspect
+import itertools
 import logging
 import os
 import threading
@@ -372,6 +373,10 @@ class VersionedHuey(Huey):  # type: ignore[misc]
         self._dead_letters_storage: Any = None
         self._dead_letters_lock = threading.Lock()
         self._atomic_sql: AtomicSql | None = None
+        # A fresh number after each revocation record this process writes or
+        # clears: records read with a pop are used only if none changed since.
+        self._revocation_numbers = itertools.count(1)
+        self._revocations_changed = 0
         #: How many tasks were declared when migrations packages were last looked for.
         self._migrations_seen = 0
         super().__init__(name, storage_class=storage_class, serializer=serializer, **huey_kwargs)
@@ -1121,8 +1126,13 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 for a signature), naming the task, the key and the fix.
         """
         keys = self._revoke_keys(task)
+        # Records read by the SQL pop that took this task (storage.atomic), once.
+        looked_up = task.__dict__.pop("_vt_revocations", None) if isinstance(task, Task) else None
+        read_at = task.__dict__.pop("_vt_revocations_at", None) if isinstance(task, Task) else None
+        if looked_up is not None and (looked_up[0], read_at) != (keys, self._revocations_changed):
+            looked_up = None  # other keys, or a revocation changed since: read them again
         try:
-            data = self.storage.peek_many(keys)
+            data = looked_up[1] if looked_up is not None else self.storage.peek_many(keys)
         except Exception as exc:
             if _current() is not task or is_transient(exc):
                 raise
@@ -1149,9 +1159,44 @@ class VersionedHuey(Huey):  # type: ignore[misc]
                 return True
             if restore:
                 self.delete(key)
+                self._revocation_changed()
             if revoked:
                 return True
         return False
+
+    def _revocation_keys_for_pop(self, task: Task) -> list[str]:
+        """The task's revocation keys, for the SQL pop that reads the records
+        with the delete; notes which revocation change they were read after."""
+        task.__dict__["_vt_revocations_at"] = self._revocations_changed
+        return self._revoke_keys(task)  # type: ignore[no-any-return]
+
+    def _revocation_changed(self) -> None:
+        # After the write: a pop that read the records before it sees a new number.
+        self._revocations_changed = next(self._revocation_numbers)
+
+    def revoke_all(
+        self, task_class: Any, revoke_until: Any = None, revoke_once: bool = False
+    ) -> None:
+        """Huey's revoke_all (records read with a pop before it are not used)."""
+        super().revoke_all(task_class, revoke_until, revoke_once)
+        self._revocation_changed()
+
+    def restore_all(self, task_class: Any) -> bool:
+        """Huey's restore_all (records read with a pop before it are not used)."""
+        restored = bool(super().restore_all(task_class))
+        self._revocation_changed()
+        return restored
+
+    def revoke(self, task: Any, revoke_until: Any = None, revoke_once: bool = False) -> None:
+        """Huey's revoke (records read with a pop before it are not used)."""
+        super().revoke(task, revoke_until, revoke_once)
+        self._revocation_changed()
+
+    def restore(self, task: Any) -> bool:
+        """Huey's restore (records read with a pop before it are not used)."""
+        restored = bool(super().restore(task))
+        self._revocation_changed()
+        return restored
 
     @staticmethod
     def _lookup_error(task: Any, exc: Exception) -> DecodeError:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime
 import logging
 import math
+import operator
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -182,7 +183,7 @@ class Reader:
         """Run the whole pipeline on one stored message; never raises for bad bytes."""
         try:
             header, body = self.unpack(raw)
-            if header.keys() <= _PLAIN_HEADER:
+            if _PLAIN_HEADER.issuperset(header):
                 # The hot path, inline: named fields, no scheduling fields, no
                 # callbacks. Anything unusual falls through to the full
                 # pipeline, which names the reason.
@@ -195,7 +196,7 @@ class Reader:
                     and type(version) is int
                     and type(ident) is str
                     and ident
-                    and header.get("kind") == _envelope.KIND_TASK
+                    and header.get("kind") == _KIND_TASK
                 ):
                     if version == spec.version:
                         try:
@@ -981,6 +982,8 @@ def _at(path: str, key: str) -> str:
 
 
 def _has_scheduling(task: Task) -> bool:
+    if _scheduling_values(task) == _NO_SCHEDULING:
+        return False  # the usual case, read in one C call
     return not (
         task.eta is None
         and task.on_complete is None
@@ -995,6 +998,23 @@ def _has_scheduling(task: Task) -> bool:
         and task.expires_resolved is None
     )
 
+
+#: Huey's scheduling fields, and their values on a task that sets none of them.
+_scheduling_values: Final = operator.attrgetter(
+    "eta",
+    "on_complete",
+    "retries",
+    "priority",
+    "expires",
+    "timeout",
+    "on_error",
+    "chord_config",
+    "retry_delay",
+    "retry_backoff",
+    "expires_resolved",
+)
+_NO_SCHEDULING: Final = (None, None, 0, None, None, None, None, None, 0, 0, None)
+_KIND_TASK: Final = _envelope.KIND_TASK
 
 _NO_VALUE: Final = object()
 #: ``trace`` (the producer's W3C trace context, docs/envelope.md) changes nothing

@@ -14,6 +14,13 @@ is then deleted by id, and only the worker whose delete removed it goes on
 with it; when two workers read the same head, the other one reads the next.
 A runnable task costs one read and one single-statement delete.
 
+Threads of one process share the storage's connection: a thread claims the rows
+it reads (in memory, until its delete has committed or rolled back) and the
+others read past them, so thread workers do not all read the same head and lose
+the delete to one another (with four thread workers they did, about one read in
+two). Workers in other processes have claims of their own; between them the
+delete by id settles who takes a row, as above.
+
 A commit costs a disk sync, which is most of what a message costs here. Once the
 head turns out to be a message that cannot run, the worker reads further ahead
 and settles the run of such messages (and the task that ends it) in one
@@ -24,7 +31,10 @@ queue of good tasks still reads one row at a time.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +53,8 @@ Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
 #: ``settled(raw, decision)``: this worker took the row it decided (for observers).
 Settled = Callable[[bytes, Any], None]
+#: The storage keys of a task's revocation records (Huey's ``_revoke_keys``).
+RevocationKeys = Callable[[Task], list[str]]
 _Decided = tuple[int, bytes, "Task | Action"]
 #: Dead letters written in a transaction, announced (logged, signalled) once it commits.
 _Written = list[tuple[DeadLetterAction, str]]
@@ -66,9 +78,17 @@ class AtomicSql:
         self._queue = storage.name
         p = placeholder
         this_row = self._this_row(p)
+        self._task_table = task
+        self._placeholder = p
         self._select_heads = (
             f"select id, data from {task} where queue = {p} order by priority desc, id limit {p}"
         )
+        #: Per number of claimed rows, the head query that reads past them.
+        self._select_heads_past: dict[int, str] = {0: self._select_heads}
+        #: Ids of the task rows this process's threads have read and not yet settled.
+        self._claimed: set[int] = set()
+        self._claims_lock = threading.Lock()
+        _claimants.add(self)
         self._delete_task = f"delete from {task} where {this_row}"
         self._insert_task = f"insert into {task} (queue, data, priority) values ({p}, {p}, {p})"
         self._select_due = (
@@ -101,33 +121,50 @@ class AtomicSql:
     def _requeued(self, cursor: Any) -> None:
         """Called in the transaction that put a message back on the queue."""
 
+    def _lookup_records(self, count: int) -> str | None:
+        """The query reading ``count`` revocation records, or None: no look-up ahead."""
+        return None
+
     # -- the worker --------------------------------------------------------------
 
     def dequeue(
-        self, decide: Decide, act: Act, rescue: Rescue, *, settled: Settled | None = None
+        self,
+        decide: Decide,
+        act: Act,
+        rescue: Rescue,
+        *,
+        settled: Settled | None = None,
+        revocation_keys: RevocationKeys | None = None,
     ) -> Task | None:
         """Pop until a runnable task; what cannot run is settled with its pop.
 
         ``settled(raw, decision)`` is called for each row this worker took.
+        With ``revocation_keys``, a task popped alone carries its revocation
+        records, read while the pop held the storage (see ``_look_up_records``).
         """
         empty_since: float | None = None
         ahead = 1
         while True:
-            run = self._decide_run(self._heads(ahead), decide)
-            if not run:
-                empty_since = empty_since or time.monotonic()
-                if self._wait(empty_since):
-                    continue
-                return None
-            written: _Written = []
-            if len(run) > 1:
-                taken = self._take_run(run, written)
-                if taken is None:
-                    ahead = 1  # rolled back: settle one at a time, as below
-                    continue
-            else:
-                row_id, raw, decision = run[0]
-                taken = [self._take(row_id, raw, decision, written)]
+            heads = self._claim_heads(ahead)
+            try:
+                run = self._decide_run(heads, decide)
+                if not run:
+                    empty_since = empty_since or time.monotonic()
+                    if self._wait(empty_since):
+                        continue
+                    return None
+                written: _Written = []
+                if len(run) > 1:
+                    taken = self._take_run(run, written)
+                    if taken is None:
+                        ahead = 1  # rolled back: settle one at a time, as below
+                        continue
+                else:
+                    row_id, raw, decision = run[0]
+                    taken = [self._take(row_id, raw, decision, written, revocation_keys)]
+            finally:
+                # Deleted and committed, or rolled back and still queued.
+                self._release(heads)
             _announce(written)
             if settled is not None:
                 for (_, raw, decision), took in zip(run, taken, strict=True):
@@ -138,9 +175,37 @@ class AtomicSql:
                 return task
             ahead = _AHEAD  # the head could not run: read further ahead
 
-    def _heads(self, limit: int) -> list[tuple[int, bytes]]:
-        rows = self._storage.sql(self._select_heads, (self._queue, limit), results=True)
-        return _bytes(rows)
+    def _claim_heads(self, limit: int) -> list[tuple[int, bytes]]:
+        """Read up to ``limit`` head rows that no other thread has claimed; claim them."""
+        with self._storage.db() as cursor:  # the storage's lock: one reader at a time
+            with self._claims_lock:
+                past = tuple(self._claimed)
+            cursor.execute(self._heads_past(len(past)), (self._queue, *past, limit))
+            heads = _bytes(cursor.fetchall())
+            with self._claims_lock:
+                self._claimed.update(row_id for row_id, _ in heads)
+        return heads
+
+    def _heads_past(self, count: int) -> str:
+        query = self._select_heads_past.get(count)
+        if query is None:
+            p = self._placeholder
+            query = (
+                f"select id, data from {self._task_table} where queue = {p} "
+                f"and id not in ({', '.join([p] * count)}) "
+                f"order by priority desc, id limit {p}"
+            )
+            self._select_heads_past[count] = query
+        return query
+
+    def _release(self, heads: list[tuple[int, bytes]]) -> None:
+        with self._claims_lock:
+            self._claimed.difference_update(row_id for row_id, _ in heads)
+
+    def _forget_claims(self) -> None:
+        """In a forked child: the threads that held the parent's claims are not here."""
+        self._claims_lock = threading.Lock()
+        self._claimed = set()
 
     @staticmethod
     def _decide_run(heads: list[tuple[int, bytes]], decide: Decide) -> list[_Decided]:
@@ -192,13 +257,23 @@ class AtomicSql:
                 decision.done()  # committed: count it and send the signal
         return None
 
-    def _take(self, row_id: int, raw: bytes, decision: Any, written: _Written) -> bool:
+    def _take(
+        self,
+        row_id: int,
+        raw: bytes,
+        decision: Any,
+        written: _Written,
+        revocation_keys: RevocationKeys | None = None,
+    ) -> bool:
         """Delete the row and settle the decision in one transaction; False if gone."""
         if isinstance(decision, Task | HandlerAction):
             # One statement is a transaction of its own: no begin/commit.
             with self._storage.db() as cursor:
                 cursor.execute(self._delete_task, self._row(row_id, raw))
-                return bool(cursor.rowcount == 1)
+                took = bool(cursor.rowcount == 1)
+                if took and revocation_keys is not None and isinstance(decision, Task):
+                    self._look_up_records(cursor, decision, revocation_keys)
+                return took
         try:
             self._backend.ensure_table()
             mine: _Written = []
@@ -212,6 +287,28 @@ class AtomicSql:
             # broken dead-letter table does not keep it at the head.
             self._to_tail(row_id, raw)
             raise
+
+    def _look_up_records(self, cursor: Any, task: Task, keys_of: RevocationKeys) -> None:
+        """Read the task's revocation records while this pop holds the storage.
+
+        Huey looks them up when it executes the task, a few microseconds later
+        in the same thread; reading them here spares the worker taking the
+        storage's lock once more per task, which with thread workers is a
+        hand-over between threads. The records go on the task as ``(keys,
+        {key: value})``, for the app's ``is_revoked``, which takes them once. The
+        row is already deleted: a failure here only leaves the look-up to Huey.
+        """
+        try:
+            keys = keys_of(task)
+            query = self._lookup_records(len(keys))
+            if query is None:
+                return
+            cursor.execute(query, (self._queue, *keys))
+            task.__dict__["_vt_revocations"] = (keys, dict(cursor.fetchall()))
+        except Exception:
+            logger.debug(
+                "Revocation records not read with the pop; Huey reads them.", exc_info=True
+            )
 
     def _to_tail(self, row_id: int, raw: bytes) -> None:
         try:
@@ -346,6 +443,10 @@ class AtomicSqlite(AtomicSql):
     def _blob(self, raw: bytes) -> Any:
         return self._storage.to_blob(raw)
 
+    def _lookup_records(self, count: int) -> str | None:
+        # As SqliteStorage.peek_many reads them (its kv table).
+        return f"select key, value from kv where queue = ? and key in ({', '.join('?' * count)})"
+
 
 class AtomicPostgres(AtomicSql):
     """On a PostgresStorage: its ``<prefix>_task`` and ``<prefix>_schedule`` tables.
@@ -413,6 +514,19 @@ class AtomicPostgres(AtomicSql):
     def _requeued(self, cursor: Any) -> None:
         # Wake the waiting workers, as Huey's enqueue does; sent at commit.
         cursor.execute("select pg_notify(%s, %s)", (self._storage.channel, ""))
+
+
+#: Every pop object of this process, for the fork hook below.
+_claimants: weakref.WeakSet[AtomicSql] = weakref.WeakSet()
+
+
+def _forget_claims_in_child() -> None:
+    for claimant in list(_claimants):
+        claimant._forget_claims()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_claims_in_child)
 
 
 def _announce(written: _Written) -> None:
