@@ -456,3 +456,97 @@ def test_a_message_whose_task_name_holds_a_nul_is_dead_lettered_with_its_exact_b
     assert entry.raw == raw
     assert entry.task == "a\ufffdb"
     assert app.pending_count() == 0
+
+
+class Statements:
+    """Every statement the app's storage connection sends, recorded as sent."""
+
+    def __init__(self, tables: Tables) -> None:
+        import psycopg
+
+        self.sent: list[str] = []
+        sent = self.sent
+
+        class Recording(psycopg.Cursor):  # type: ignore[type-arg]
+            def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+                sent.append(str(query))
+                return super().execute(query, *args, **kwargs)
+
+        self.connect = lambda: tables.connect(autocommit=True, cursor_factory=Recording)
+
+    def reading_records(self) -> list[str]:
+        return [query for query in self.sent if "_kv" in query and "select" in query]
+
+
+def test_the_pop_reads_a_tasks_revocation_records_in_its_delete(tables: Tables) -> None:
+    """One statement deletes the task's row and reads its revocation records, and
+    the worker uses them: a task revoked once is skipped, its record cleared, and
+    the same call enqueued again runs."""
+    statements = Statements(tables)
+    app = tables.app(connection=statements.connect, results=True)
+
+    @app.versioned_task(version=1, name="revoked.job")
+    def job(n: int) -> int:
+        return n
+
+    skipped = job(1)
+    skipped.revoke(revoke_once=True)
+    statements.sent.clear()
+
+    task = app.dequeue()
+    assert task is not None
+    [read] = statements.reading_records()
+    assert read.startswith("with taken as (delete from")
+    assert app.execute(task) is None
+    assert len(statements.reading_records()) == 1  # not read again by Huey's execute
+    assert not skipped.is_revoked()
+    ran = job(2)
+    task = app.dequeue()
+    assert task is not None
+    app.execute(task)
+    assert ran.get() == 2
+
+
+def test_a_revocation_made_between_the_pop_and_execute_is_honoured(tables: Tables) -> None:
+    """Records read with the pop are not used once this process revoked or
+    restored since, as with Huey's own lookup at execute."""
+    app = tables.app(results=True)
+
+    @app.versioned_task(version=1, name="late.job")
+    def job(n: int) -> int:
+        return n
+
+    revoked_late = job(1)
+    task = app.dequeue()
+    assert task is not None
+    revoked_late.revoke()
+    assert app.execute(task) is None
+    assert revoked_late.get() is None
+
+    restored_late = job(2)
+    restored_late.revoke()
+    task = app.dequeue()
+    assert task is not None
+    restored_late.restore()
+    assert app.execute(task) == 2
+
+
+def test_thread_workers_run_every_task_once_with_records_read_at_the_pop(
+    tables: Tables,
+) -> None:
+    """Four thread workers on one connection: every task runs once, the revoked
+    ones do not run."""
+    app = tables.app(results=True)
+    ran = Recorder()
+
+    @app.versioned_task(version=1, name="flood.job")
+    def job(n: int) -> None:
+        ran(n)
+
+    results = [job(n) for n in range(120)]
+    for result in results[::10]:
+        result.revoke()
+    with running_consumer(app, workers=4):
+        wait_for(lambda: len(ran.calls) == 108, timeout=30)
+        wait_for(lambda: app.pending_count() == 0)
+    assert sorted(n for (n,) in ran.calls) == [n for n in range(120) if n % 10]
