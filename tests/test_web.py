@@ -7,13 +7,18 @@ the same queue dequeues and dead-letters what it cannot run.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
 from helpers import queued, wait_for
@@ -24,7 +29,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-from versioned_tasks import DeadLetterNotFound, VersionedHuey
+from versioned_tasks import DeadLetterNotFound, VersionedHuey, VersionedSqliteHuey
 from versioned_tasks.cli import main
 from versioned_tasks.web import create_app
 from versioned_tasks.web.security import CSRF_COOKIE, SESSION_COOKIE
@@ -470,3 +475,50 @@ def test_the_web_command_names_the_extra_when_missing(
     result = CliRunner().invoke(main, ["web", "--app", "nowhere:huey"])
     assert result.exit_code == 2
     assert "pip install 'versioned-tasks[web]'" in result.stderr
+
+
+def test_the_web_command_serves_the_console_and_samples_the_history(tmp_path: Path) -> None:
+    """`versioned-tasks web` under uvicorn: the overview samples every
+    --history-interval and keeps --history-size samples."""
+    db = tmp_path / "console.db"
+    (tmp_path / "consoleapp.py").write_text(
+        "from versioned_tasks import VersionedSqliteHuey\n"
+        f"huey = VersionedSqliteHuey('console', filename={str(db)!r})\n"
+    )
+    producer = VersionedSqliteHuey("console", filename=str(db))
+    producer.storage.enqueue(b"junk")
+    assert producer.dequeue() is None  # one dead letter to count
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = "from versioned_tasks.cli import main; main()"
+    args = ["web", "--app", "consoleapp:huey", "--port", str(port)]
+    args += ["--history-interval", "0.1", "--history-size", "3"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])}
+    log = tmp_path / "console.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-c", command, *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def overview() -> str:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/", timeout=5).text
+        except httpx.HTTPError:
+            return ""
+
+    try:
+        wait_for(lambda: "(3 so far)" in overview(), timeout=30)
+        page = overview()
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=30)
+    assert "every 0.1 s" in page, log.read_text()
+    assert "the newest 3 samples kept" in page
+    assert "undecodable: 1" in page
+    assert "<svg" in page

@@ -843,8 +843,30 @@ def _edit_in_editor(current: _dead_letters.Editable) -> Any:
     help="Secret that allows replay, edit, delete and purge (env VERSIONED_TASKS_WEB_TOKEN); "
     "without it the console is read-only.",
 )
+@click.option(
+    "--history-interval",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    metavar="SECONDS",
+    help="Seconds between the overview's samples of dead letters by reason (0: no history).",
+)
+@click.option(
+    "--history-size",
+    default=1440,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Samples the overview keeps in memory, newest first.",
+)
 @_handles_errors
-def web_command(app_path: str, host: str, port: int, token: str | None) -> None:
+def web_command(
+    app_path: str,
+    host: str,
+    port: int,
+    token: str | None,
+    history_interval: float,
+    history_size: int,
+) -> None:
     """Dead letters, census and fleet in the browser (read-only without a token).
 
     Binds to 127.0.0.1 by default: put it behind your own authentication
@@ -862,7 +884,10 @@ def web_command(app_path: str, host: str, port: int, token: str | None) -> None:
     app = load_app(app_path)
     mode = "token required for changes" if token else "read-only (no --token)"
     click.echo(f"Console of queue {app.name!r} on http://{host}:{port}/ ({mode}).", err=True)
-    uvicorn.run(create_app(app, token=token), host=host, port=port, log_level="warning")
+    console = create_app(
+        app, token=token, history_interval=history_interval, history_size=history_size
+    )
+    uvicorn.run(console, host=host, port=port, log_level="warning")
 
 
 # -- migrate-queue --------------------------------------------------------------------------
