@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import PG_DSN, wait_for
+from helpers import PG_DSN, require_postgres, wait_for
 
 from versioned_tasks import VersionedHuey, VersionedPostgresHuey, VersionedSqliteHuey
 
@@ -54,6 +54,7 @@ def make_app(kind: str, tmp_path: Path) -> tuple[VersionedHuey, str]:
         db = str(tmp_path / "forks.db")
         source = APP.format(cls="VersionedSqliteHuey", suffix=suffix, options=f"filename={db!r}")
         return VersionedSqliteHuey(f"forks-{suffix}", filename=db), source
+    require_postgres()
     source = APP.format(cls="VersionedPostgresHuey", suffix=suffix, options=f"dsn={PG_DSN!r}")
     return VersionedPostgresHuey(f"forks-{suffix}", dsn=PG_DSN), source
 

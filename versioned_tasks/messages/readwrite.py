@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime
 import logging
 import math
-import operator
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -982,8 +981,6 @@ def _at(path: str, key: str) -> str:
 
 
 def _has_scheduling(task: Task) -> bool:
-    if _scheduling_values(task) == _NO_SCHEDULING:
-        return False  # the usual case, read in one C call
     return not (
         task.eta is None
         and task.on_complete is None
@@ -999,21 +996,6 @@ def _has_scheduling(task: Task) -> bool:
     )
 
 
-#: Huey's scheduling fields, and their values on a task that sets none of them.
-_scheduling_values: Final = operator.attrgetter(
-    "eta",
-    "on_complete",
-    "retries",
-    "priority",
-    "expires",
-    "timeout",
-    "on_error",
-    "chord_config",
-    "retry_delay",
-    "retry_backoff",
-    "expires_resolved",
-)
-_NO_SCHEDULING: Final = (None, None, 0, None, None, None, None, None, 0, 0, None)
 _KIND_TASK: Final = _envelope.KIND_TASK
 
 _NO_VALUE: Final = object()

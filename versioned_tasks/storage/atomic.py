@@ -31,10 +31,8 @@ queue of good tasks still reads one row at a time.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +41,7 @@ from huey.storage import PostgresStorage, SqliteStorage
 
 from ..messages.actions import Action, DeadLetterAction, DeferAction, HandlerAction, RequeueAction
 from .deadletters import PostgresBackend, SqliteBackend
+from .forking import guard_across_fork, reset_in_child
 
 __all__ = ["AtomicPostgres", "AtomicSql", "AtomicSqlite"]
 
@@ -88,7 +87,10 @@ class AtomicSql:
         #: Ids of the task rows this process's threads have read and not yet settled.
         self._claimed: set[int] = set()
         self._claims_lock = threading.Lock()
-        _claimants.add(self)
+        # Taken inside the storage's lock (_claim_heads), so held after it across
+        # a fork; the child's threads hold none of the parent's claims.
+        guard_across_fork(self, "_claims_lock", rank=2)
+        reset_in_child(self, "_forget_claims")
         self._delete_task = f"delete from {task} where {this_row}"
         self._insert_task = f"insert into {task} (queue, data, priority) values ({p}, {p}, {p})"
         self._select_due = (
@@ -204,8 +206,7 @@ class AtomicSql:
 
     def _forget_claims(self) -> None:
         """In a forked child: the threads that held the parent's claims are not here."""
-        self._claims_lock = threading.Lock()
-        self._claimed = set()
+        self._claimed.clear()
 
     @staticmethod
     def _decide_run(heads: list[tuple[int, bytes]], decide: Decide) -> list[_Decided]:
@@ -433,6 +434,9 @@ class AtomicSql:
             self._requeued(cursor)
 
 
+_SQLITE_LOOKUPS: dict[int, str] = {}
+
+
 class AtomicSqlite(AtomicSql):
     """On a SqliteStorage: its ``task`` and ``schedule`` tables."""
 
@@ -453,8 +457,14 @@ class AtomicSqlite(AtomicSql):
         return self._storage.to_blob(raw)
 
     def _lookup_records(self, count: int) -> str | None:
-        # As SqliteStorage.peek_many reads them (its kv table).
-        return f"select key, value from kv where queue = ? and key in ({', '.join('?' * count)})"
+        # As SqliteStorage.peek_many reads them (its kv table); one text per count.
+        query = _SQLITE_LOOKUPS.get(count)
+        if query is None:
+            marks = ", ".join("?" * count)
+            query = _SQLITE_LOOKUPS[count] = (
+                f"select key, value from kv where queue = ? and key in ({marks})"
+            )
+        return query
 
 
 class AtomicPostgres(AtomicSql):
@@ -478,6 +488,9 @@ class AtomicPostgres(AtomicSql):
             schedule=storage.table_schedule,
             placeholder="%s",
         )
+        import psycopg  # the storage needs it: present
+
+        self._connection_lost: type[Exception] = psycopg.OperationalError
         # Every row of the result carries how many task rows were deleted (0 or
         # 1); the left join gives one row when there is no record.
         self._delete_and_look_up = (
@@ -505,13 +518,11 @@ class AtomicPostgres(AtomicSql):
         transaction of its own): then the row is deleted alone and Huey reads the
         records, as it would. A lost connection is raised, as for any delete.
         """
-        import psycopg
-
         try:
             keys = keys_of(task)
             cursor.execute(self._delete_and_look_up, (row_id, self._queue, keys))
             rows = cursor.fetchall()
-        except psycopg.OperationalError:
+        except self._connection_lost:
             raise
         except Exception:
             logger.debug("Revocation records not read with the pop.", exc_info=True)
@@ -558,19 +569,6 @@ class AtomicPostgres(AtomicSql):
     def _requeued(self, cursor: Any) -> None:
         # Wake the waiting workers, as Huey's enqueue does; sent at commit.
         cursor.execute("select pg_notify(%s, %s)", (self._storage.channel, ""))
-
-
-#: Every pop object of this process, for the fork hook below.
-_claimants: weakref.WeakSet[AtomicSql] = weakref.WeakSet()
-
-
-def _forget_claims_in_child() -> None:
-    for claimant in list(_claimants):
-        claimant._forget_claims()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_claims_in_child)
 
 
 def _announce(written: _Written) -> None:

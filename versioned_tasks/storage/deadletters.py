@@ -1499,11 +1499,8 @@ class RedisBackend:
         if flat is None or _flat_total(flat) != entries:
             self._finish_rebuild(SCAN_CHUNK, restart=flat is not None)
             entries, flat = self._counted()
-        groups: list[tuple[str, str | None, int | None, int]] = []
-        for at in range(0, len(flat or ()), 2):
-            assert flat is not None
-            groups.append((*_group(flat[at]), int(flat[at + 1])))
-        return groups
+        pairs = flat or []
+        return [(*_group(pairs[at]), int(pairs[at + 1])) for at in range(0, len(pairs), 2)]
 
     def census_count(self) -> int:
         return self.count()

@@ -11,8 +11,9 @@ must also not use an SQL connection it inherited (SQLite and libpq both forbid
 it).
 
 So each guarded lock is taken before the fork (waiting for a storage call in
-flight to end) and released after it on both sides, and the child drops the
-SQL connection it inherited: its first query opens its own.
+flight to end) and released after it on both sides, the child drops the SQL
+connection it inherited (its first query opens its own), and state that
+belonged to the parent's threads is reset in the child.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from huey.storage import BaseSqlStorage
 
-__all__ = ["guard_across_fork", "guard_storage_across_fork"]
+__all__ = ["guard_across_fork", "guard_storage_across_fork", "reset_in_child"]
 
 _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 
@@ -32,6 +33,8 @@ _LOCK_TYPES = (type(threading.Lock()), type(threading.RLock()))
 #: the code nests them (an app's locks around its storage's).
 _guarded: list[tuple[int, weakref.ref[Any], str]] = []
 _storages: weakref.WeakSet[Any] = weakref.WeakSet()
+#: (owner, method): called in a forked child once the locks are released.
+_resets: list[tuple[weakref.ref[Any], str]] = []
 _held: list[Any] = []
 #: Connections inherited by a child: kept, never closed, never used.
 _inherited: list[Any] = []
@@ -57,6 +60,15 @@ def guard_storage_across_fork(storage: object) -> None:
     if isinstance(storage, BaseSqlStorage):
         with _registry_lock:
             _storages.add(storage)
+
+
+def reset_in_child(owner: object, method: str) -> None:
+    """Call ``owner.<method>()`` in every forked child of this process, after the
+    guarded locks are released there (for state of the parent's threads)."""
+    with _registry_lock:
+        _install()
+        _resets[:] = [r for r in _resets if r[0]() is not None]
+        _resets.append((weakref.ref(owner), method))
 
 
 def _install() -> None:
@@ -89,3 +101,7 @@ def _child() -> None:
             _inherited.append(conn)
             storage._conn = None
     _release()
+    for ref, method in list(_resets):
+        owner = ref()
+        if owner is not None:
+            getattr(owner, method)()
