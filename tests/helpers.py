@@ -11,9 +11,10 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
+from pydantic import AfterValidator
 
 from versioned_tasks import VersionedHuey, VersionedSerializer
 
@@ -175,3 +176,71 @@ def signer(*ids: str, signing_key: str | None = None, **options: Any) -> Version
         signing_key=signing_key,
         **options,
     )
+
+
+#: The app whose queue ``_count_queue`` counts, and what it counted.
+_COUNTING: dict[str, Any] = {}
+
+
+def _count_queue(n: int) -> int:
+    """A validator that uses the storage: it counts the counting app's queue."""
+    _COUNTING["counted"].append(_COUNTING["app"].pending_count())
+    return n
+
+
+#: An int whose validation uses the storage (see ``_count_queue``).
+QueueCountingInt = Annotated[int, AfterValidator(_count_queue)]
+
+
+def pop_with_user_code_using_the_storage(producer: VersionedHuey, worker: VersionedHuey) -> None:
+    """Pop, on ``worker``, messages whose read runs user code that uses the storage.
+
+    A SQL storage's pop reads a plain task while it holds the storage's lock;
+    validators and upcasters are user code and must run outside it, or one
+    that uses the storage (here: counts the queue) waits on the lock its own
+    pop holds. Each dequeue runs in a thread given ten seconds.
+    """
+    counted: list[int] = []
+    _COUNTING.update(app=worker, counted=counted)
+
+    @producer.versioned_task(version=1, name="user_code.old")
+    def old_v1(n: int) -> None: ...
+
+    @producer.versioned_task(version=1, name="user_code.plain")
+    def plain_on_producer(n: int) -> None: ...
+
+    @worker.versioned_task(version=1, name="user_code.validated")
+    def validated(n: QueueCountingInt) -> int:
+        return n
+
+    @worker.versioned_task(version=2, name="user_code.old")
+    def old(n: int, m: int) -> int:
+        return n + m
+
+    @worker.upcaster("user_code.old", from_version=1)
+    def add_m(payload: dict[str, Any]) -> dict[str, Any]:
+        counted.append(worker.pending_count())
+        return {**payload, "m": 10}
+
+    @worker.versioned_task(version=1, name="user_code.plain")
+    def plain(n: int) -> int:
+        return n
+
+    validated(1)  # validated here too, outside any pop
+    old_v1(2)
+    plain_on_producer(3)
+    counted.clear()
+    popped: list[Any] = []
+    for _ in range(3):
+        thread = threading.Thread(target=lambda: popped.append(worker.dequeue()), daemon=True)
+        thread.start()
+        thread.join(10)
+        assert not thread.is_alive(), "a pop waited on the storage's lock it held"
+    assert [(t.name, t.kwargs) for t in popped] == [
+        ("user_code.validated", {"n": 1}),
+        ("user_code.old", {"n": 2, "m": 10}),
+        ("user_code.plain", {"n": 3}),
+    ]
+    assert counted == [3, 2]  # each read before its own message left the queue
+    assert worker.pending_count() == 0
+    assert len(worker.dead_letters) == 0

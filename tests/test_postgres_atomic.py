@@ -23,7 +23,14 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from helpers import PG_DSN, Recorder, require_postgres, running_consumer, wait_for
+from helpers import (
+    PG_DSN,
+    Recorder,
+    pop_with_user_code_using_the_storage,
+    require_postgres,
+    running_consumer,
+    wait_for,
+)
 
 from versioned_tasks import VersionedPostgresHuey
 
@@ -550,3 +557,10 @@ def test_thread_workers_run_every_task_once_with_records_read_at_the_pop(
         wait_for(lambda: len(ran.calls) == 108, timeout=30)
         wait_for(lambda: app.pending_count() == 0)
     assert sorted(n for (n,) in ran.calls) == [n for n in range(120) if n % 10]
+
+
+def test_validators_and_upcasters_that_use_the_storage_run_outside_its_lock(
+    tables: Tables,
+) -> None:
+    """As on SQLite: user code in the read path may use the storage."""
+    pop_with_user_code_using_the_storage(tables.app(), tables.app())

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Recorder, running_consumer, wait_for
+from helpers import Recorder, pop_with_user_code_using_the_storage, running_consumer, wait_for
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -210,18 +210,34 @@ def test_a_run_whose_dead_letter_write_fails_is_settled_one_by_one(tmp_path: Pat
     ]
 
 
-def test_thread_workers_of_one_consumer_never_race_for_the_same_row(tmp_path: Path) -> None:
-    """Thread workers share the storage's connection: each reads past the rows the
-    others are deciding, so every message costs one delete and runs once."""
+@pytest.mark.parametrize("plain", [True, False], ids=["plain-json", "datetime"])
+def test_thread_workers_of_one_consumer_never_race_for_the_same_row(
+    tmp_path: Path, plain: bool
+) -> None:
+    """Thread workers share the storage's connection: a plain task is read and
+    deleted in one hold of it, and a task read outside it (a datetime argument
+    is validated by pydantic, not read as plain JSON) is claimed, so the others
+    read past it. Every message costs one delete and runs once."""
     app = VersionedSqliteHuey("threads", filename=str(tmp_path / "q.db"))
     ran = Recorder()
+    when = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
 
-    @app.versioned_task(version=1, name="threads.job")
-    def job(n: int) -> None:
-        ran(n)
+    if plain:
 
-    for n in range(200):
-        job(n)
+        @app.versioned_task(version=1, name="threads.job")
+        def job(n: int) -> None:
+            ran(n)
+
+        for n in range(200):
+            job(n)
+    else:
+
+        @app.versioned_task(version=1, name="threads.job")
+        def dated(n: int, at: datetime.datetime) -> None:
+            ran(n)
+
+        for n in range(200):
+            dated(n, when)
     deletes: list[str] = []
     app.storage.conn.set_trace_callback(
         lambda sql: deletes.append(sql) if sql.startswith("delete from task") else None
@@ -290,3 +306,15 @@ def test_a_revocation_made_between_the_pop_and_execute_is_honoured(tmp_path: Pat
     assert task is not None
     restored_late.restore()
     assert app.execute(task) == 2
+
+
+def test_validators_and_upcasters_that_use_the_storage_run_outside_its_lock(
+    tmp_path: Path,
+) -> None:
+    """A plain task is read and deleted in one hold of the storage's lock; a task
+    whose read runs user code is read outside it, so that code may use the storage."""
+    path = str(tmp_path / "q.db")
+    pop_with_user_code_using_the_storage(
+        VersionedSqliteHuey("user-code", filename=path),
+        VersionedSqliteHuey("user-code", filename=path),
+    )

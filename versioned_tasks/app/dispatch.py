@@ -79,7 +79,11 @@ class Dispatcher:
             keys = self.app._revocation_keys_for_pop
             if not self.app._observers:
                 return self.app._atomic.dequeue(
-                    self.decide, self.act, self.rescue, revocation_keys=keys
+                    self.decide,
+                    self.act,
+                    self.rescue,
+                    revocation_keys=keys,
+                    pure=self.app._reader.read_pure,
                 )
             self._held().clear()
             return self.app._atomic.dequeue(

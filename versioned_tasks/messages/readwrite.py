@@ -226,6 +226,36 @@ class Reader:
                 "undecodable", None, None, f"Unreadable message ({type(exc).__name__}: {exc})"
             )
 
+    def read_pure(self, raw: bytes) -> Task | None:
+        """The runnable task in ``raw`` when reading it calls no user code; else None.
+
+        That is a message :meth:`read` takes on its hot path (named fields, no
+        scheduling fields, no callbacks) at the current version of a task
+        whose arguments are all plain JSON types: no upcaster runs, and
+        pydantic-core validates them without calling back into Python. A
+        storage may call this while it holds its lock, where user code that
+        uses the storage would wait for that lock forever; for None,
+        :meth:`read` outside the lock says what the message is. Never raises.
+        """
+        try:
+            header, _ = self.unpack(raw)
+        except Exception:
+            return None  # read() names it
+        name, version = header.get("task"), header.get("v")
+        spec = self.registry.runnable.get(name) if type(name) is str else None
+        if (
+            spec is None
+            or not spec.plain_json
+            or type(version) is not int
+            or version != spec.version
+            or not _PLAIN_HEADER.issuperset(header)
+        ):
+            return None
+        # read() now takes its hot path; what fails there is named by the full
+        # pipeline, which for such a message runs no user code either.
+        outcome = self.read(raw)
+        return outcome if isinstance(outcome, Task) else None
+
     def _read_general(self, header: dict[str, Any], body: bytes) -> Outcome:
         name, version = _identity(header)
         if name is None:

@@ -14,6 +14,12 @@ is then deleted by id, and only the worker whose delete removed it goes on
 with it; when two workers read the same head, the other one reads the next.
 A runnable task costs one read and one single-statement delete.
 
+Most messages call no user code at all: a current-version message of a task
+whose arguments are plain JSON types is read by this library and
+pydantic-core alone (``Reader.read_pure``). Such a head row is read and
+deleted in one hold of the storage's lock, as Huey's own pop does, so that
+thread workers hand the lock over once per task rather than twice.
+
 Threads of one process share the storage's connection: a thread claims the rows
 it reads (in memory, until its delete has committed or rolled back) and the
 others read past them, so thread workers do not all read the same head and lose
@@ -50,6 +56,9 @@ logger = logging.getLogger("versioned_tasks")
 Decide = Callable[..., "Task | Action"]
 Act = Callable[[bytes, Action], None]
 Rescue = Callable[[bytes], None]
+#: ``pure(raw)``: the runnable task in ``raw`` when reading it calls no user
+#: code, else None (see ``Reader.read_pure``); safe to call holding the storage.
+Pure = Callable[[bytes], "Task | None"]
 #: ``settled(raw, decision)``: this worker took the row it decided (for observers).
 Settled = Callable[[bytes, Any], None]
 #: The storage keys of a task's revocation records (Huey's ``_revoke_keys``).
@@ -137,17 +146,30 @@ class AtomicSql:
         *,
         settled: Settled | None = None,
         revocation_keys: RevocationKeys | None = None,
+        pure: Pure | None = None,
     ) -> Task | None:
         """Pop until a runnable task; what cannot run is settled with its pop.
 
         ``settled(raw, decision)`` is called for each row this worker took.
         With ``revocation_keys``, a task popped alone carries its revocation
         records, read while the pop held the storage (see ``_look_up_records``).
+        With ``pure``, a head row it reads as a runnable task is deleted in the
+        same hold of the storage as its read, as Huey's own pop does; any other
+        row is decided outside it.
         """
         empty_since: float | None = None
         ahead = 1
         while True:
-            heads = self._claim_heads(ahead)
+            popped = (
+                self._pop_pure(pure, revocation_keys)
+                if pure is not None and ahead == 1
+                else self._claim_heads(ahead)
+            )
+            if popped is None:
+                continue  # another process took the head: read the next one
+            if isinstance(popped, Task):
+                return popped
+            heads = popped
             try:
                 run = self._decide_run(heads, decide)
                 if not run:
@@ -180,13 +202,49 @@ class AtomicSql:
     def _claim_heads(self, limit: int) -> list[tuple[int, bytes]]:
         """Read up to ``limit`` head rows that no other thread has claimed; claim them."""
         with self._storage.db() as cursor:  # the storage's lock: one reader at a time
-            with self._claims_lock:
-                past = tuple(self._claimed)
-            cursor.execute(self._heads_past(len(past)), (self._queue, *past, limit))
-            heads = _bytes(cursor.fetchall())
-            with self._claims_lock:
-                self._claimed.update(row_id for row_id, _ in heads)
+            heads = self._read_heads(cursor, limit)
+            self._claim_rows(heads)
         return heads
+
+    def _pop_pure(
+        self, pure: Pure, revocation_keys: RevocationKeys | None
+    ) -> Task | list[tuple[int, bytes]] | None:
+        """Read the head row and, if ``pure`` reads it as a runnable task, delete it
+        in the same hold of the storage: one hand-over of the lock per task.
+
+        Returns the task; or the head, claimed, for ``decide`` outside the lock
+        (an empty list: the queue is empty); or None when another process
+        deleted the head between this read and this delete.
+        """
+        with self._storage.db() as cursor:
+            heads = self._read_heads(cursor, 1)
+            if heads:
+                row_id, raw = heads[0]
+                task = pure(raw)
+                if task is not None:
+                    if revocation_keys is not None:
+                        took = self._delete_looking_up(cursor, row_id, raw, task, revocation_keys)
+                    else:
+                        cursor.execute(self._delete_task, self._row(row_id, raw))
+                        took = cursor.rowcount == 1
+                    if not took:
+                        return None
+                    task.__dict__["_vt_dequeued"] = raw  # see app.dispatch.dequeued_bytes
+                    return task
+                self._claim_rows(heads)
+        return heads
+
+    def _read_heads(self, cursor: Any, limit: int) -> list[tuple[int, bytes]]:
+        """Up to ``limit`` head rows no thread of this process has claimed (the
+        caller holds the storage's lock)."""
+        with self._claims_lock:
+            past = tuple(self._claimed)
+        cursor.execute(self._heads_past(len(past)), (self._queue, *past, limit))
+        return _bytes(cursor.fetchall())
+
+    def _claim_rows(self, heads: list[tuple[int, bytes]]) -> None:
+        with self._claims_lock:
+            self._claimed.update(row_id for row_id, _ in heads)
 
     def _heads_past(self, count: int) -> str:
         query = self._select_heads_past.get(count)

@@ -32,6 +32,7 @@ is never touched by another consumer.
 
 from __future__ import annotations
 
+import inspect
 import multiprocessing
 import os
 import threading
@@ -113,6 +114,9 @@ class InflightLists:
         self.required = required
         self.registry = inflight_prefix(storage)
         self._recover = storage.conn.register_script(_RECOVER_LUA)
+        #: What ``get_connection`` takes: older redis-py releases require a
+        #: command name, newer ones deprecate it.
+        self._command_name = _command_name_argument(storage.conn.connection_pool)
         self._local = threading.local()
         self.consumer_id: str | None = None
         self.workers: frozenset[str] = frozenset()
@@ -203,11 +207,24 @@ class InflightLists:
         if not ran:
             raw: bytes | None = conn.lmove(queue, key, "RIGHT", "LEFT")
             return raw
-        pipe = conn.pipeline(transaction=False)
-        for done in ran:
-            pipe.lrem(key, 1, done)
-        pipe.lmove(queue, key, "RIGHT", "LEFT")
-        moved: bytes | None = pipe.execute()[-1]
+        # Written on a pooled connection directly: redis-py's pipeline object
+        # costs the worker more CPU than the two commands themselves. Any error
+        # drops the connection, whose replies may then be out of step, and goes
+        # up to pop(), which marks the list to be cleaned.
+        commands: list[tuple[Any, ...]] = [("LREM", key, 1, done) for done in ran]
+        commands.append(("LMOVE", queue, key, "RIGHT", "LEFT"))
+        pool = conn.connection_pool
+        connection = pool.get_connection(*self._command_name)
+        try:
+            connection.send_packed_command(connection.pack_commands(commands))
+            for _ in ran:
+                connection.read_response()
+            moved: bytes | None = connection.read_response()
+        except BaseException:
+            connection.disconnect()
+            raise
+        finally:
+            pool.release(connection)
         return moved
 
     def _clean(self, slot: Slot) -> None:
@@ -274,6 +291,16 @@ class InflightLists:
             keys=[key, self.storage.queue_key, self.registry], args=[key, int(unregister)]
         )
         return int(moved)
+
+
+def _command_name_argument(pool: Any) -> tuple[str, ...]:
+    try:
+        parameter = inspect.signature(pool.get_connection).parameters.get("command_name")
+    except (TypeError, ValueError):
+        return ()
+    if parameter is not None and parameter.default is inspect.Parameter.empty:
+        return ("LMOVE",)
+    return ()
 
 
 def is_transient(exc: BaseException) -> bool:
