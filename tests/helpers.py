@@ -244,3 +244,46 @@ def pop_with_user_code_using_the_storage(producer: VersionedHuey, worker: Versio
     assert counted == [3, 2]  # each read before its own message left the queue
     assert worker.pending_count() == 0
     assert len(worker.dead_letters) == 0
+
+
+def pop_on_many_storages_concurrently(apps: list[VersionedHuey], messages: int = 600) -> None:
+    """Apps on one queue, each with its own connection (as consumer processes
+    are), pop it from two threads each at once: every task is popped exactly
+    once, and none is left.
+
+    The apps do not share claims, so their pops read the same head and all but
+    one lose its delete; those go on reading past it until the queue is empty.
+    """
+    jobs = []
+    for app in apps:
+
+        @app.versioned_task(version=1, name="many.job")
+        def job(n: int) -> int:
+            return n
+
+        jobs.append(job)
+    for n in range(messages):
+        jobs[0](n)
+    popped: list[int] = []
+    failures: list[BaseException] = []
+    start = threading.Barrier(2 * len(apps))
+
+    def drain(app: VersionedHuey) -> None:
+        try:
+            start.wait()
+            while (task := app.dequeue()) is not None:
+                popped.append(task.kwargs["n"])
+        except BaseException as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=drain, args=(app,)) for app in apps for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not any(thread.is_alive() for thread in threads), "a pop never returned"
+    assert failures == []
+    assert len(popped) == messages, f"{len(popped) - len(set(popped))} popped twice"
+    assert sorted(popped) == list(range(messages))
+    assert apps[0].pending_count() == 0
+    assert len(apps[0].dead_letters) == 0

@@ -26,6 +26,7 @@ import pytest
 from helpers import (
     PG_DSN,
     Recorder,
+    pop_on_many_storages_concurrently,
     pop_with_user_code_using_the_storage,
     require_postgres,
     running_consumer,
@@ -564,3 +565,9 @@ def test_validators_and_upcasters_that_use_the_storage_run_outside_its_lock(
 ) -> None:
     """As on SQLite: user code in the read path may use the storage."""
     pop_with_user_code_using_the_storage(tables.app(), tables.app())
+
+
+def test_pops_on_separate_connections_take_each_task_once(tables: Tables) -> None:
+    """Consumer processes each have a connection and do not see each other's
+    claims: a pop that loses a delete to another reads on and takes each task once."""
+    pop_on_many_storages_concurrently([tables.app() for _ in range(4)])

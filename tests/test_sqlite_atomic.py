@@ -17,7 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Recorder, pop_with_user_code_using_the_storage, running_consumer, wait_for
+from helpers import (
+    Recorder,
+    pop_on_many_storages_concurrently,
+    pop_with_user_code_using_the_storage,
+    running_consumer,
+    wait_for,
+)
 
 from versioned_tasks import VersionedSqliteHuey
 
@@ -317,4 +323,12 @@ def test_validators_and_upcasters_that_use_the_storage_run_outside_its_lock(
     pop_with_user_code_using_the_storage(
         VersionedSqliteHuey("user-code", filename=path),
         VersionedSqliteHuey("user-code", filename=path),
+    )
+
+
+def test_pops_on_separate_connections_take_each_task_once(tmp_path: Path) -> None:
+    """As on PostgreSQL: storages with a connection each, popping one queue at once."""
+    path = str(tmp_path / "q.db")
+    pop_on_many_storages_concurrently(
+        [VersionedSqliteHuey("many", filename=path) for _ in range(4)]
     )
