@@ -86,11 +86,13 @@ class _Lane:
     other's claims: they read the same head, and all but one lose its delete
     (with four process workers on PostgreSQL, two to three lost deletes per
     message). A pop that lost moves to a row picked at random among the first
-    2, then 4, 8 and 16 while it keeps losing, so that processes settle on
-    different rows. After ``_LANE_POPS`` pops there it reads the head again,
-    so that no message waits long behind the lanes, and it does at once when
-    the queue is shorter than its lane. Threads of a process share its lane
-    (they do not lose to each other); a race between them only moves it.
+    2, then 4, 8 and 16 as it keeps losing, so that processes settle on
+    different rows. Every ``_LANE_POPS`` pops from then on (lost, won or
+    handed to the slow path alike) it reads the head again, so that no message
+    waits behind the lanes for more than that many pops of each process; and
+    it goes back to the head for good when the queue is shorter than its lane. Threads of a
+    process share its lane (they do not lose to each other); the storage's
+    lock, held by every pop, orders their updates.
     """
 
     __slots__ = ("_pops", "_spread", "skip")
@@ -105,15 +107,18 @@ class _Lane:
         """This pop's delete removed nothing: another process took the row."""
         self._spread = min(self._spread * 2, _MAX_SKIP + 1)
         self.skip = random.randrange(self._spread)
-        self._pops = 0
+        self.popped()
 
-    def won(self) -> None:
-        if self.skip:
+    def popped(self) -> None:
+        """A pop read a row (and lost, won or handed it to the slow path)."""
+        if self._spread > 1:
             self._pops += 1
             if self._pops >= _LANE_POPS:
+                # Back to the head; the spread stays, for the next loss.
                 self.skip = self._pops = 0
 
     def reset(self) -> None:
+        """Read the head from the next pop on."""
         self.skip, self._spread, self._pops = 0, 1, 0
 
 
@@ -284,9 +289,10 @@ class AtomicSql:
                     if not took:
                         lane.lost()
                         return None
-                    lane.won()
+                    lane.popped()
                     task.__dict__["_vt_dequeued"] = raw  # see app.dispatch.dequeued_bytes
                     return task
+                lane.popped()
                 self._claim_rows(heads)
         return heads
 
