@@ -90,9 +90,9 @@ class _Lane:
     different rows. Every ``_LANE_POPS`` pops from then on (lost, won or
     handed to the slow path alike) it reads the head again, so that no message
     waits behind the lanes for more than that many pops of each process; and
-    it goes back to the head for good when the queue is shorter than its lane. Threads of a
-    process share its lane (they do not lose to each other); the storage's
-    lock, held by every pop, orders their updates.
+    it goes back to the head for good when the queue is shorter than its lane.
+    Threads of a process share its lane (they do not lose to each other); the
+    storage's lock, held by every pop, orders their updates.
     """
 
     __slots__ = ("_pops", "_spread", "skip")
@@ -281,12 +281,7 @@ class AtomicSql:
                 row_id, raw = heads[0]
                 task = pure(raw)
                 if task is not None:
-                    if revocation_keys is not None:
-                        took = self._delete_looking_up(cursor, row_id, raw, task, revocation_keys)
-                    else:
-                        cursor.execute(self._delete_task, self._row(row_id, raw))
-                        took = cursor.rowcount == 1
-                    if not took:
+                    if not self._delete_runnable(cursor, row_id, raw, task, revocation_keys):
                         lane.lost()
                         return None
                     lane.popped()
@@ -389,11 +384,9 @@ class AtomicSql:
         """Delete the row and settle the decision in one transaction; False if gone."""
         if isinstance(decision, Task | HandlerAction):
             # One statement is a transaction of its own: no begin/commit.
+            keys_of = revocation_keys if isinstance(decision, Task) else None
             with self._storage.db() as cursor:
-                if revocation_keys is not None and isinstance(decision, Task):
-                    return self._delete_looking_up(cursor, row_id, raw, decision, revocation_keys)
-                cursor.execute(self._delete_task, self._row(row_id, raw))
-                return bool(cursor.rowcount == 1)
+                return self._delete_runnable(cursor, row_id, raw, decision, keys_of)
         try:
             self._backend.ensure_table()
             mine: _Written = []
@@ -407,6 +400,16 @@ class AtomicSql:
             # broken dead-letter table does not keep it at the head.
             self._to_tail(row_id, raw)
             raise
+
+    def _delete_runnable(
+        self, cursor: Any, row_id: int, raw: bytes, task: Any, keys_of: RevocationKeys | None
+    ) -> bool:
+        """Delete the row of a task (or a handled message) that runs after its pop,
+        with its revocation records when ``keys_of`` is given; whether it was ours."""
+        if keys_of is not None:
+            return self._delete_looking_up(cursor, row_id, raw, task, keys_of)
+        cursor.execute(self._delete_task, self._row(row_id, raw))
+        return bool(cursor.rowcount == 1)
 
     def _delete_looking_up(
         self, cursor: Any, row_id: int, raw: bytes, task: Task, keys_of: RevocationKeys
